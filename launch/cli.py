@@ -1,0 +1,87 @@
+"""`spark-vllm` / `python -m launch`: argv in, exit code out.
+
+This is the only place that parses argv, prints errors and picks exit codes; the
+work is done by `orchestrator`. Each command lives in its own module and
+registers its sub-parser here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+
+from orchestrator import __version__, errors
+from orchestrator.settings import Settings
+
+from . import clustercmd, democmd, netcmd, servecmd
+
+# First match wins: subclasses before their families. Documented in the README.
+EXIT_CODES: list[tuple[type[BaseException], int]] = [
+    (errors.Interrupted, 130),
+    (errors.BadServeFlags, 2),
+    (errors.UsageError, 2),
+    (errors.DiscoveryError, 3),
+    (errors.HeadUnreachable, 4),
+    (errors.WrongSubnet, 4),
+    (errors.ClusterIncomplete, 5),
+    (errors.VersionSkew, 6),
+    (errors.NodeLost, 7),
+    (errors.ClusterError, 4),
+    (errors.NotEnoughGpus, 8),
+    (errors.ModelNotFound, 9),
+    (errors.ServeError, 10),
+    (errors.SimulationError, 11),
+    (errors.SparkVllmError, 1),
+]
+
+COMMANDS = (netcmd, clustercmd, servecmd, democmd)
+
+
+def exit_code_for(exc: BaseException) -> int:
+    return next((code for kind, code in EXIT_CODES if isinstance(exc, kind)), 1)
+
+
+def build_parser(settings: Settings) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="spark-vllm",
+        description="Serve an LLM with vLLM across DGX Spark machines (Ray, tensor parallel).",
+        allow_abbrev=False,
+    )
+    parser.add_argument("--version", action="version", version=f"spark-vllm {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="more detail in the log")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for module in COMMANDS:
+        module.register(sub, settings)
+    return parser
+
+
+def setup_logging(verbose: bool) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="spark-vllm: %(message)s",
+        stream=sys.stderr,
+    )
+    logging.getLogger("spark_vllm").setLevel(logging.DEBUG if verbose else logging.INFO)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    settings = Settings.from_env(os.environ)
+    parser = build_parser(settings)
+    args, extra = parser.parse_known_args(argv)
+    if extra and not getattr(args, "accepts_extra", False):
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    args.extra = extra
+    setup_logging(args.verbose)
+    try:
+        return args.func(args, settings) or 0
+    except KeyboardInterrupt:
+        print("spark-vllm: interrupted", file=sys.stderr)
+        return 130
+    except errors.SparkVllmError as exc:
+        if os.environ.get("SPARK_VLLM_DEBUG"):
+            raise
+        print(f"spark-vllm: error: {exc}", file=sys.stderr)
+        return exit_code_for(exc)

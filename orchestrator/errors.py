@@ -1,0 +1,99 @@
+"""The one exception tree of spark-vllm.
+
+Every error says what went wrong and what to do next (`hint`). `launch.cli` maps
+each family to a distinct exit code; nothing here prints or exits.
+"""
+
+from __future__ import annotations
+
+
+class SparkVllmError(Exception):
+    """Root of every error spark-vllm raises on purpose."""
+
+    def __init__(self, message: str, hint: str = "") -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+    def __str__(self) -> str:
+        return f"{self.message} ({self.hint})" if self.hint else self.message
+
+
+class UsageError(SparkVllmError, ValueError):
+    """A flag or a value given by the user is wrong."""
+
+
+# --- discovery: which interface ------------------------------------------------
+class DiscoveryError(SparkVllmError):
+    """The fabric interface could not be chosen."""
+
+
+class InterfaceNotFound(DiscoveryError, LookupError):
+    pass
+
+
+class InterfaceDown(DiscoveryError):
+    pass
+
+
+class InterfaceWithoutAddress(DiscoveryError):
+    pass
+
+
+class NoRdmaInterface(DiscoveryError):
+    pass
+
+
+# --- cluster: Ray ----------------------------------------------------------------
+class ClusterError(SparkVllmError):
+    """The Ray cluster could not be formed or was lost."""
+
+
+class HeadUnreachable(ClusterError, ConnectionError):
+    pass
+
+
+class WrongSubnet(ClusterError):
+    pass
+
+
+class ClusterIncomplete(ClusterError, TimeoutError):
+    """Fewer GPU nodes than asked for joined before the deadline."""
+
+
+class VersionSkew(ClusterError):
+    pass
+
+
+class NodeLost(ClusterError):
+    """The head (seen from a worker) or a node (seen from the head) went away."""
+
+
+# --- serving: vLLM ---------------------------------------------------------------
+class ServeError(SparkVllmError):
+    """vLLM could not be started or stopped serving."""
+
+
+class BadServeFlags(ServeError, UsageError):
+    pass
+
+
+class NotEnoughGpus(ServeError):
+    pass
+
+
+class ModelNotFound(ServeError, FileNotFoundError):
+    pass
+
+
+class EngineFailed(ServeError):
+    pass
+
+
+# --- simulation (demo, tests) ----------------------------------------------------
+class SimulationError(SparkVllmError):
+    """The simulated Sparks (namespaces, tiny model) could not be built."""
+
+
+class Interrupted(SparkVllmError):
+    """Ctrl-C or SIGTERM: a graceful exit, not a failure."""

@@ -1,0 +1,36 @@
+"""The environment, read once into a value.
+
+Flags fall back to these `SPARK_VLLM_*` variables; precedence is always
+flag > variable > built-in default. Nothing else in the package reads
+`SPARK_VLLM_*` from `os.environ`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Mapping
+
+TRUE_WORDS = {"1", "true", "yes", "on"}
+
+
+def env_flag(value: str | None) -> bool:
+    return (value or "").strip().lower() in TRUE_WORDS
+
+
+@dataclass(frozen=True)
+class Settings:
+    iface: str | None = None  # SPARK_VLLM_IFACE
+    head_ip: str | None = None  # SPARK_VLLM_HEAD_IP
+    sysfs_root: str = "/sys"  # SPARK_VLLM_SYSFS_ROOT
+    simulate: bool = False  # SPARK_VLLM_SIMULATE=1
+    token_file: str | None = None  # SPARK_VLLM_TOKEN_FILE
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str]) -> "Settings":
+        return cls(
+            iface=environ.get("SPARK_VLLM_IFACE") or None,
+            head_ip=environ.get("SPARK_VLLM_HEAD_IP") or None,
+            sysfs_root=environ.get("SPARK_VLLM_SYSFS_ROOT") or "/sys",
+            simulate=env_flag(environ.get("SPARK_VLLM_SIMULATE")),
+            token_file=environ.get("SPARK_VLLM_TOKEN_FILE") or None,
+        )
