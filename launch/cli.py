@@ -15,10 +15,13 @@ import sys
 from orchestrator import __version__, errors
 from orchestrator.settings import Settings
 
+log = logging.getLogger("spark_vllm")
+
 from . import clustercmd, democmd, netcmd, servecmd
 
 # First match wins: subclasses before their families. Documented in the README.
 EXIT_CODES: list[tuple[type[BaseException], int]] = [
+    (errors.Stopped, 0),
     (errors.Interrupted, 130),
     (errors.BadServeFlags, 2),
     (errors.UsageError, 2),
@@ -58,12 +61,14 @@ def build_parser(settings: Settings) -> argparse.ArgumentParser:
 
 
 def setup_logging(verbose: bool) -> None:
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        format="spark-vllm: %(message)s",
-        stream=sys.stderr,
-    )
-    logging.getLogger("spark_vllm").setLevel(logging.DEBUG if verbose else logging.INFO)
+    """Our own lines, prefixed; vLLM and Ray keep their own loggers and formats."""
+    logger = logging.getLogger("spark_vllm")
+    if not logger.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("spark-vllm: %(message)s"))
+        logger.addHandler(handler)
+    logger.setLevel(logging.DEBUG if verbose else logging.INFO)
+    logger.propagate = False
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -80,6 +85,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("spark-vllm: interrupted", file=sys.stderr)
         return 130
+    except errors.Stopped:
+        log.info("stopped")
+        return 0
     except errors.SparkVllmError as exc:
         if os.environ.get("SPARK_VLLM_DEBUG"):
             raise

@@ -1,5 +1,219 @@
-"""placeholder"""
+"""`spark-vllm head|worker|status|stop`: the Ray cluster, without `run_cluster.sh`."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import os
+import signal
+import urllib.error
+import urllib.request
+
+from orchestrator import cluster, runstate
+from orchestrator.bootstrap import NodePlan, NodeRequest, bring_up, plan_node
+from orchestrator.cluster import ClusterOptions
+from orchestrator.discovery import discover
+from orchestrator.errors import ClusterError, Stopped, UsageError
+from orchestrator.nodes import ClusterState
+from orchestrator.settings import Settings
+
+from .options import add_json, add_network_options, print_json, table
+
+log = logging.getLogger("spark_vllm")
 
 
-def register(sub, settings):
-    pass
+def add_cluster_options(p: argparse.ArgumentParser, settings: Settings) -> None:
+    g = p.add_argument_group("cluster")
+    g.add_argument("--nodes", type=int, default=2, help="GPU nodes to wait for (default 2)")
+    g.add_argument("--wait-timeout", type=float, default=600, metavar="S",
+                   help="head: seconds to wait for the nodes (default 600)")
+    g.add_argument("--join-timeout", type=float, default=120, metavar="S",
+                   help="worker: seconds to wait for the head to answer (default 120)")
+    g.add_argument("--num-gpus", type=int, default=None, help="GPUs of this node (default: detected)")
+    g.add_argument("--num-cpus", type=int, default=None, help="CPUs of this node for Ray (default: detected)")
+    g.add_argument("--ray-port", type=int, default=cluster.DEFAULT_PORT, help="Ray GCS port (default 6379)")
+    g.add_argument("--dashboard-host", default=None,
+                   help="address for Ray's dashboard (default: the head's fabric address)")
+    g.add_argument("--simulate", action="store_true", default=settings.simulate,
+                   help="CPU simulation: one GPU per node, vLLM's CPU engine (env SPARK_VLLM_SIMULATE=1)")
+    g.add_argument("--allow-version-skew", action="store_true",
+                   help="start even when Python/Ray/vLLM/torch/NCCL versions differ between nodes")
+    g.add_argument("--token-file", default=settings.token_file, metavar="PATH",
+                   help="Ray auth token file: the head creates it if missing, workers need a copy "
+                        "(env SPARK_VLLM_TOKEN_FILE)")
+
+
+def register(sub, settings: Settings) -> None:
+    p = sub.add_parser("head", help="start this Spark as the Ray head and wait for the GPU nodes")
+    add_network_options(p, settings)
+    add_cluster_options(p, settings)
+    p.set_defaults(func=run_head)
+
+    p = sub.add_parser("worker", help="join the head's Ray cluster and stay joined")
+    add_network_options(p, settings)
+    add_cluster_options(p, settings)
+    p.set_defaults(func=run_worker)
+
+    p = sub.add_parser("status", help="nodes in the cluster, completeness, and the server's health")
+    add_network_options(p, settings)
+    p.add_argument("--nodes", type=int, default=2, help="GPU nodes a complete cluster has (default 2)")
+    p.add_argument("--ray-port", type=int, default=cluster.DEFAULT_PORT)
+    p.add_argument("--server-url", default=None, help="vLLM server to check (default http://HEAD:8000)")
+    add_json(p)
+    p.set_defaults(func=run_status)
+
+    p = sub.add_parser("stop", help="stop this machine's spark-vllm node (Ray, and vLLM if serving)")
+    add_network_options(p, settings)
+    p.add_argument("--timeout", type=float, default=60, help="seconds before a forced stop (default 60)")
+    p.set_defaults(func=run_stop)
+
+
+def node_request(args: argparse.Namespace) -> NodeRequest:
+    return NodeRequest(
+        head_ip=args.head_ip, iface=args.iface, force=args.force, simulate=args.simulate,
+        token_file=args.token_file,
+        cluster=ClusterOptions(
+            node_ip="", head_ip="", port=args.ray_port, num_gpus=args.num_gpus, num_cpus=args.num_cpus,
+            dashboard_host=args.dashboard_host, nodes=args.nodes, wait_timeout=args.wait_timeout,
+            join_timeout=args.join_timeout, allow_version_skew=args.allow_version_skew,
+        ),
+    )
+
+
+def make_plan(args: argparse.Namespace) -> NodePlan:
+    found = discover(args.sysfs_root)
+    for note in found.notes:
+        log.warning(note)
+    return plan_node(node_request(args), found, os.environ)
+
+
+@contextlib.contextmanager
+def sigterm_stops():
+    """SIGTERM (docker stop, `spark-vllm stop`) ends the command like Ctrl-C, cleanly."""
+    def handler(signum, frame):
+        raise Stopped("stopped by SIGTERM")
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+@contextlib.contextmanager
+def running_node(plan: NodePlan):
+    """This machine's Ray node, recorded for `stop`, always torn down on the way out."""
+    with sigterm_stops():
+        node = bring_up(plan)
+        directory = runstate.run_dir(os.environ)
+        runstate.write_record(directory, runstate.RunRecord(os.getpid(), plan.role, plan.cluster.node_ip, node.address))
+        try:
+            yield node
+        finally:
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second SIGTERM must not cut the teardown
+            log.info("stopping this Spark's Ray node")
+            shutdown_driver()
+            node.stop()
+            runstate.remove_record(directory, plan.cluster.node_ip, os.getpid())
+
+
+def shutdown_driver() -> None:
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()
+
+
+def form_cluster(plan: NodePlan, node, address: str) -> ClusterState:
+    """On the head: connect, wait for the nodes, check versions. `node` is None when
+    attached to a cluster this process did not start."""
+    c = plan.cluster
+    cluster.connect_driver(address, c.node_ip)
+    log.info("waiting for %d GPU node(s) (up to %g s)", c.nodes, c.wait_timeout)
+    state = cluster.wait_for_nodes(c.nodes, c.wait_timeout, alive=node.dead_processes if node else list)
+    cluster.check_versions(state, c.allow_version_skew)
+    log.info("cluster complete: %s; versions match", state.summary())
+    return state
+
+
+def run_head(args: argparse.Namespace, settings: Settings) -> int:
+    plan = make_plan(args)
+    if plan.role != "head":
+        raise UsageError(f"this machine is not the head: --head-ip {plan.cluster.head_ip} is another machine's address",
+                         "run `spark-vllm worker` here, or leave --head-ip out")
+    with running_node(plan) as node:
+        form_cluster(plan, node, node.address)
+        log.info("head ready; Ctrl-C or `spark-vllm stop` stops it")
+        cluster.watch_head(node, plan.cluster.nodes)
+    return 0
+
+
+def run_worker(args: argparse.Namespace, settings: Settings) -> int:
+    if not args.head_ip:
+        raise UsageError("`worker` needs --head-ip (or SPARK_VLLM_HEAD_IP)", "e.g. --head-ip 192.168.100.10")
+    plan = make_plan(args)
+    if plan.role != "worker":
+        raise UsageError(f"--head-ip {args.head_ip} is this machine's own address", "run `spark-vllm head` here")
+    return run_worker_plan(plan)
+
+
+def run_worker_plan(plan: NodePlan) -> int:
+    with running_node(plan) as node:
+        log.info("joined the cluster at %s; staying joined (Ctrl-C or `spark-vllm stop` to leave)", plan.cluster.gcs_address)
+        cluster.watch_worker(node, plan.cluster.head_ip, plan.cluster.port)
+    return 0
+
+
+def server_health(url: str) -> str:
+    try:
+        with urllib.request.urlopen(url.rstrip("/") + "/health", timeout=3) as r:
+            return "healthy" if r.status == 200 else f"HTTP {r.status}"
+    except urllib.error.HTTPError as e:
+        return f"unhealthy (HTTP {e.code})"
+    except OSError:
+        return "not running"
+
+
+def run_status(args: argparse.Namespace, settings: Settings) -> int:
+    found = discover(args.sysfs_root)
+    from orchestrator.netplan import plan_network
+
+    net = plan_network(found, os.environ, iface=args.iface, head_ip=args.head_ip)
+    head_ip = net.head_ip or net.node_ip
+    address = cluster.attach_address(os.environ) or f"{head_ip}:{args.ray_port}"
+    if not cluster.port_open(head_ip, args.ray_port) and not os.environ.get("RAY_ADDRESS"):
+        raise ClusterError(f"no Ray cluster answers at {head_ip}:{args.ray_port}",
+                           "start it with `spark-vllm head` (or serve), or pass --head-ip")
+    cluster.connect_driver(address, net.node_ip, quiet=True)
+    try:
+        state = cluster.cluster_state(args.nodes)
+    finally:
+        shutdown_driver()
+    url = args.server_url or f"http://{head_ip}:8000"
+    health = server_health(url)
+    if args.json:
+        print_json({"nodes": [n.to_json() for n in state.nodes], "complete": state.complete,
+                    "gpu_nodes": len(state.gpu_nodes), "want": args.nodes, "gpus": state.gpus,
+                    "server": {"url": url, "health": health}})
+    else:
+        rows = [[n.ip, "head" if n.head else "worker", "alive" if n.alive else "dead", f"{n.gpus:g}"]
+                for n in state.nodes]
+        print(table(rows, ["NODE", "ROLE", "STATE", "GPUS"]))
+        print(f"\ncluster: {'complete' if state.complete else 'INCOMPLETE'} ({state.summary()})")
+        print(f"server:  {url} {health}")
+    return 0 if state.complete else 1
+
+
+def run_stop(args: argparse.Namespace, settings: Settings) -> int:
+    found = discover(args.sysfs_root)
+    addresses = [a for i in found.interfaces for a in i.addresses]
+    records = runstate.records_for(runstate.run_dir(os.environ), addresses)
+    if not records:
+        log.info("no spark-vllm node runs on this machine")
+        return 0
+    for rec in records:
+        log.info("stopping the %s on %s (pid %d)", rec.role, rec.node_ip, rec.pid)
+        if not runstate.terminate(rec.pid, args.timeout):
+            log.warning("pid %d did not stop within %g s and was killed", rec.pid, args.timeout)
+    return 0

@@ -1,5 +1,89 @@
-"""placeholder"""
+"""`spark-vllm serve MODEL [vllm serve flags]`: the whole playbook in one command.
+
+Without --head-ip (or on the machine that owns it) this Spark is the head: it
+starts or attaches to the Ray cluster, waits for the GPU nodes, then runs vLLM's
+OpenAI server in this process. On the other Spark the same command joins as a
+worker and stays.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import os
+import threading
+import time
+
+from orchestrator import cluster, serving
+from orchestrator.bootstrap import SIMULATE_VAR, NodePlan, apply_environment
+from orchestrator.compat import load_vllm_api
+from orchestrator.settings import Settings
+
+from .clustercmd import add_cluster_options, form_cluster, make_plan, run_worker_plan, running_node, sigterm_stops
+from .options import add_network_options
+
+log = logging.getLogger("spark_vllm")
 
 
-def register(sub, settings):
-    pass
+def register(sub, settings: Settings) -> None:
+    p = sub.add_parser(
+        "serve", help="form the cluster and serve MODEL with vLLM (any `vllm serve` flag passes through)",
+        usage="spark-vllm serve [MODEL] [spark-vllm options] [vllm serve flags]",
+    )
+    p.add_argument("model", nargs="?", help="model path or Hugging Face id (optional on a worker)")
+    add_network_options(p, settings)
+    add_cluster_options(p, settings)
+    p.set_defaults(func=run_serve, accepts_extra=True)
+
+
+@contextlib.contextmanager
+def head_cluster(plan: NodePlan):
+    """Attach to an existing cluster (RAY_ADDRESS, `ray job submit`) or start the head."""
+    address = cluster.attach_address(os.environ)
+    if address:
+        log.info("attaching to the Ray cluster at %s (RAY_ADDRESS / ray job submit): starting no node", address)
+        apply_environment(plan, os.environ)
+        with sigterm_stops():
+            yield None, address
+        return
+    with running_node(plan) as node:
+        yield node, node.address
+
+
+def run_serve(args: argparse.Namespace, settings: Settings) -> int:
+    if args.simulate:
+        # Before vLLM is imported: it chooses its platform (the simulation's plugin) once.
+        os.environ[SIMULATE_VAR] = "1"
+    plan = make_plan(args)
+    if plan.role == "worker":
+        if args.extra:
+            log.info("on a worker the vLLM flags are not used (the head runs the server)")
+        return run_worker_plan(plan)
+
+    model = serving.check_model(args.model)
+    api = load_vllm_api()
+    vargs = serving.parse_serve_args(api, model, args.extra)
+    log.info("vLLM %s accepted the flags; forming the cluster", api.version)
+
+    t0 = time.monotonic()
+    with head_cluster(plan) as (node, address):
+        state = form_cluster(plan, node, address)
+        par = serving.plan_parallelism(vargs.tensor_parallel_size, vargs.pipeline_parallel_size,
+                                       vargs.distributed_executor_backend, state.gpus)
+        serving.apply_parallelism(vargs, par)
+        t_cluster = time.monotonic() - t0
+        log.info("cluster ready in %.1f s; starting vLLM with %s", t_cluster, par.describe())
+        public = f"http://{plan.cluster.node_ip}:{vargs.port}/v1"
+        stop = threading.Event()
+        serving.announce_when_ready(
+            serving.health_url(vargs),
+            lambda s: log.info("ready: %s serves %s (cluster %.1f s, engine %.1f s)",
+                               public, vargs.served_model_name or [model], t_cluster, s),
+            stop,
+        )
+        try:
+            serving.run_server(api, vargs)
+        finally:
+            stop.set()
+    return 0

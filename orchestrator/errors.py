@@ -97,3 +97,7 @@ class SimulationError(SparkVllmError):
 
 class Interrupted(SparkVllmError):
     """Ctrl-C or SIGTERM: a graceful exit, not a failure."""
+
+
+class Stopped(Interrupted):
+    """SIGTERM (e.g. `spark-vllm stop`, `docker stop`): a clean stop, exit 0."""

@@ -1,0 +1,90 @@
+"""One node's whole plan (network, auth, Ray options) and bringing it up.
+
+`plan_node` is pure; `bring_up` applies the plan to the process environment,
+checks the head (on a worker), and starts or joins Ray.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass, replace
+from typing import Mapping, MutableMapping
+
+from .auth import AuthPlan, ensure_token, plan_auth
+from .cluster import ClusterOptions, RayNode, check_head_subnet, wait_for_port
+from .commenv import apply_plan
+from .discovery import Discovery
+from .errors import UsageError
+from .netplan import NetworkPlan, plan_network
+
+log = logging.getLogger("spark_vllm")
+
+SIMULATE_VAR = "SPARK_VLLM_SIMULATE"
+
+
+@dataclass(frozen=True)
+class NodeRequest:
+    """What the user asked for, from flags and SPARK_VLLM_* variables."""
+
+    head_ip: str | None = None  # None: this machine is the head
+    iface: str | None = None
+    force: bool = False
+    simulate: bool = False
+    token_file: str | None = None
+    cluster: ClusterOptions | None = None  # node_ip/head_ip filled in by plan_node
+
+
+@dataclass(frozen=True)
+class NodePlan:
+    role: str  # "head" or "worker"
+    network: NetworkPlan
+    auth: AuthPlan
+    cluster: ClusterOptions
+
+    def environment(self) -> dict[str, str]:
+        """Everything this node sets in its environment (values only; no secrets)."""
+        return {**self.network.env.to_set(), **self.auth.env}
+
+
+def plan_node(req: NodeRequest, discovery: Discovery, environ: Mapping[str, str]) -> NodePlan:
+    extra = {SIMULATE_VAR: "1"} if req.simulate else {}
+    network = plan_network(discovery, environ, iface=req.iface, head_ip=req.head_ip,
+                           force=req.force, extra=extra)
+    base = req.cluster or ClusterOptions(node_ip="", head_ip="")
+    if base.nodes < 1:
+        raise UsageError(f"--nodes {base.nodes} must be at least 1")
+    # The same command runs on every Spark: the one that owns --head-ip is the head.
+    own = network.choice.interface.addresses
+    role = "head" if not network.head_ip or network.head_ip in own else "worker"
+    if role == "worker":
+        check_head_subnet(network.head_ip, network.choice.interface)
+    node_ip = network.head_ip if role == "head" and network.head_ip else network.node_ip
+    cluster = replace(base, node_ip=node_ip, head_ip=network.head_ip or node_ip,
+                      simulate=req.simulate)
+    return NodePlan(role, network, plan_auth(environ, req.token_file), cluster)
+
+
+def apply_environment(plan: NodePlan, environ: MutableMapping[str, str]) -> None:
+    apply_plan(plan.network.env, environ)
+    environ.update(plan.auth.env)
+
+
+def bring_up(plan: NodePlan, environ: MutableMapping[str, str] = os.environ) -> RayNode:
+    """Apply the environment, then start (head) or join (worker) Ray."""
+    for note in plan.network.env.notes:
+        log.info(note)
+    apply_environment(plan, environ)
+    if ensure_token(plan.auth, create=plan.role == "head", environ=environ):
+        log.info("created a Ray auth token in %s (copy it to the other Sparks)", plan.auth.token_file)
+    c = plan.cluster
+    log.info("this Spark is the %s: %s on %s (%s); %s", plan.role, c.node_ip,
+             plan.network.choice.name, plan.network.choice.reason, plan.auth.describe())
+    if plan.role == "worker":
+        waited = wait_for_port(c.head_ip, c.port, c.join_timeout)
+        log.info("head %s answers (after %.1f s); joining", c.gcs_address, waited)
+    start = time.monotonic()
+    node = RayNode(c)
+    log.info("Ray %s started in %.1f s (GCS %s)", plan.role, time.monotonic() - start, node.address)
+    return node

