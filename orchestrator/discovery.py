@@ -117,7 +117,9 @@ def _int_or_none(text: str | None) -> int | None:
 def _open_iproute(netns: str | None):
     from pyroute2 import IPRoute, NetNS
 
-    return NetNS(netns) if netns else IPRoute()
+    # flags=0: pyroute2's NetNS defaults to O_CREAT and would silently create a
+    # missing namespace; without it a wrong name fails (FileNotFoundError).
+    return NetNS(netns, flags=0) if netns else IPRoute()
 
 
 def _netlink_links(netns: str | None, opener: Callable) -> list[dict]:
@@ -206,6 +208,9 @@ def discover(sysfs_root: str | os.PathLike = "/sys", netns: str | None = None,
         except ImportError:
             raise DiscoveryError(f"netlink cannot be opened ({exc}) and netifaces is not installed",
                                  "pip install 'spark-vllm[fallback]'") from exc
+        except OSError as exc2:  # glibc's getifaddrs() asks netlink too: a seccomp ban stops both
+            raise DiscoveryError(f"netlink cannot be opened ({exc}) and netifaces cannot list interfaces ({exc2})",
+                                 "allow AF_NETLINK sockets (the sandbox or container seccomp profile forbids them)") from exc2
         source = "netifaces"
         notes.append(f"netlink unavailable ({exc}); addresses read with netifaces, state and MTU from sysfs")
     roce = roce_map(sysfs_root)

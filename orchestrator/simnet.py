@@ -1,0 +1,344 @@
+"""Simulated DGX Spark machines: network namespaces cabled like the Sparks' fabric.
+
+For the demo, the tests and the benchmarks, `SimNetwork` builds N "Sparks" on one
+Linux host. Each is a network namespace with `lo` up and the fabric port named as on
+a Spark (`enp1s0f1np1`, 192.168.100.(10+i)/24), plus a fake sysfs tree holding what
+a veth cannot show: the RoCE device behind the port
+(`class/infiniband/rocep1s0f1/device/net/enp1s0f1np1`) and its 200 Gb/s speed.
+spark-vllm reads that tree through `--sysfs-root` / `SPARK_VLLM_SYSFS_ROOT`.
+Two nodes get a direct veth pair (the one cable between two Sparks); more get a
+bridge in a hub namespace (a switch). Everything is removed on exit, whatever
+happens: processes left in the namespaces are killed first, since a namespace with a
+live process outlives `ip netns del`.
+
+Needs root and iproute2 only. Names carry the creating process's pid, so parallel
+runs never clash and `cleanup_stale` can remove what a killed run left behind
+without touching a live one's.
+
+    with SimNetwork(nodes=2) as net:
+        head, worker = net.nodes
+        head.run("spark-vllm", "net", env={**os.environ, "SPARK_VLLM_SYSFS_ROOT": head.sysfs_root})
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import secrets
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from .errors import SimulationError
+
+log = logging.getLogger("spark_vllm")
+
+HINT = "simulated Sparks need root and iproute2 (`ip netns`, veth)"
+
+
+@dataclass(frozen=True)
+class Port:
+    """One kind of port every simulated node gets, with the subnet it sits on."""
+
+    iface: str
+    roce_device: str | None  # None: an Ethernet port without RDMA (management)
+    subnet: str  # first three octets; node i gets .(10+i)
+    speed_mbps: int
+    prefixlen: int = 24
+
+
+FABRIC = Port("enp1s0f1np1", "rocep1s0f1", "192.168.100", 200000)
+TWIN = Port("enP2p1s0f1np1", "roceP2p1s0f1", "192.168.101", 200000)
+MANAGEMENT = Port("enP7s7", None, "10.20.0", 10000)
+MANAGEMENT_GATEWAY = "10.20.0.1"
+
+# Attributes the netifaces fallback reads from the sysfs root. They are symlinks into
+# /sys, which `ip netns exec` remounts for the namespace, so a reader inside the node
+# sees the live state of its own link; only `speed` (a veth says 10000) is faked.
+LIVE_ATTRS = ("operstate", "flags", "mtu", "carrier", "address")
+
+
+def _ip(*args: str) -> str:
+    r = subprocess.run(["ip", *args], capture_output=True, text=True)
+    if r.returncode:
+        raise SimulationError(f"ip {' '.join(args)} failed: {r.stderr.strip()}", HINT)
+    return r.stdout
+
+
+@dataclass(frozen=True)
+class SimNode:
+    """One port of one simulated Spark: where it lives and how to reach into it."""
+
+    index: int
+    netns: str
+    iface: str
+    ip: str
+    prefixlen: int
+    sysfs_root: str
+    roce_device: str | None = None
+
+    @property
+    def cidr(self) -> str:
+        return f"{self.ip}/{self.prefixlen}"
+
+    def argv(self, *cmd: str) -> list[str]:
+        """`cmd` run inside this node's namespace."""
+        return ["ip", "netns", "exec", self.netns, *cmd]
+
+    def run(self, *cmd: str, **kwargs) -> subprocess.CompletedProcess:
+        return subprocess.run(self.argv(*cmd), **kwargs)
+
+    def popen(self, *cmd: str, **kwargs) -> subprocess.Popen:
+        return subprocess.Popen(self.argv(*cmd), **kwargs)
+
+
+class SimNetwork:
+    """N simulated Sparks; a context manager that always tears them down."""
+
+    def __init__(self, nodes: int = 2, prefix: str = "svsim", mtu: int = 1500,
+                 kill_grace_s: float = 2.0) -> None:
+        if nodes < 1:
+            raise SimulationError(f"nodes={nodes}: a simulated cluster needs at least one node")
+        if not re.fullmatch(r"[A-Za-z][A-Za-z0-9_]*", prefix):
+            raise SimulationError(f"prefix {prefix!r} must be letters, digits and _", "e.g. prefix='svtest'")
+        self.size, self.prefix, self.mtu, self.kill_grace_s = nodes, prefix, mtu, kill_grace_s
+        self.tag = f"{prefix}-{os.getpid()}-{secrets.token_hex(3)}"
+        self.namespaces = tuple(f"{self.tag}-n{i}" for i in range(nodes))
+        self.hub = f"{self.tag}-hub" if nodes > 2 else None
+        self.nodes: tuple[SimNode, ...] = ()
+        self._tmp: str | None = None
+        self._created: list[str] = []  # namespaces that exist, in creation order
+        self._ports = 0  # ports connected so far; names the hub's bridges
+
+    # --- building ---------------------------------------------------------------
+    def __enter__(self) -> "SimNetwork":
+        try:
+            self._build()
+        except BaseException:  # KeyboardInterrupt too: undo the half-built network
+            self.close()
+            raise
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        self.close(raise_errors=exc_type is None)
+
+    def _build(self) -> None:
+        self._tmp = tempfile.mkdtemp(prefix=f"{self.tag}-")
+        for ns in self.namespaces + ((self.hub,) if self.hub else ()):
+            self._created.append(ns)  # first: Ctrl-C right after `add` must not leak it
+            _ip("netns", "add", ns)
+            _ip("-n", ns, "link", "set", "lo", "up")
+        for i in range(self.size):
+            Path(self.sysfs_root(i), "class", "infiniband").mkdir(parents=True)
+            Path(self.sysfs_root(i), "class", "net").mkdir(parents=True)
+        self.nodes = self._connect(FABRIC)
+
+    def sysfs_root(self, index: int) -> str:
+        assert self._tmp, "SimNetwork is not entered"
+        return os.path.join(self._tmp, f"n{index}", "sys")
+
+    def _connect(self, port: Port, address: bool = True) -> tuple[SimNode, ...]:
+        """Give every node `port`, cabled to the same port of every other node.
+
+        Each veth end gets its own ifindex: the kernel applies a veth's carrier change
+        at once only when its peer's ifindex differs from its own, else up to a second
+        later (linkwatch). Fresh namespaces would number both ends alike.
+        """
+        k, self._ports = self._ports, self._ports + 1
+
+        def index(i: int, hub: bool = False) -> str:  # node i's end of port k
+            return str((10000 if hub else 0) + 100 * (i + 1) + k)
+
+        if self.size == 2:  # one cable: both ends created straight in their namespaces
+            _ip("-n", self.namespaces[0], "link", "add", port.iface, "index", index(0), "type", "veth",
+                "peer", "name", port.iface, "index", index(1), "netns", self.namespaces[1])
+        elif self.hub:  # a switch: one bridge per port kind, one veth per node
+            bridge = f"br{k}"
+            _ip("-n", self.hub, "link", "add", bridge, "type", "bridge")
+            _ip("-n", self.hub, "link", "set", bridge, "up")
+            for i, ns in enumerate(self.namespaces):
+                hub_end = f"h{k}n{i}"
+                _ip("-n", self.hub, "link", "add", hub_end, "index", index(i, hub=True), "mtu",
+                    str(self.mtu), "type", "veth", "peer", "name", port.iface, "index", index(i), "netns", ns)
+                _ip("-n", self.hub, "link", "set", hub_end, "master", bridge, "up")
+        else:  # a lone node: the far end stays in the node, so the link is still up
+            _ip("-n", self.namespaces[0], "link", "add", port.iface, "index", index(0), "type", "veth",
+                "peer", "name", f"peer{k}", "index", index(0, hub=True))
+            _ip("-n", self.namespaces[0], "link", "set", f"peer{k}", "up")
+        nodes = []
+        for i, ns in enumerate(self.namespaces):
+            node = SimNode(i, ns, port.iface, f"{port.subnet}.{10 + i}", port.prefixlen,
+                           self.sysfs_root(i), port.roce_device)
+            _ip("-n", ns, "link", "set", port.iface, "mtu", str(self.mtu))
+            if address:
+                self.add_address(node)
+            _ip("-n", ns, "link", "set", port.iface, "up")
+            self._write_sysfs(node, port)
+            nodes.append(node)
+        self.wait_settled()
+        return tuple(nodes)
+
+    def _write_sysfs(self, node: SimNode, port: Port) -> None:
+        net = Path(node.sysfs_root, "class", "net", port.iface)
+        net.mkdir(parents=True)
+        (net / "speed").write_text(f"{port.speed_mbps}\n")
+        for attr in LIVE_ATTRS:
+            (net / attr).symlink_to(f"/sys/class/net/{port.iface}/{attr}")
+        if port.roce_device:
+            Path(node.sysfs_root, "class", "infiniband", port.roce_device, "device", "net",
+                 port.iface).mkdir(parents=True)
+
+    # --- changing a node (tests) ---------------------------------------------------
+    def set_link(self, node: SimNode, up: bool) -> None:
+        """`ip link set IF up|down` in the node, then wait until every end of the cable
+        shows it: the kernel applies operstate changes up to a second late
+        (linkwatch), and a reader must not see the old state."""
+        _ip("-n", node.netns, "link", "set", node.iface, "up" if up else "down")
+        self.wait_settled()
+
+    def add_address(self, node: SimNode, cidr: str | None = None) -> None:
+        _ip("-n", node.netns, "addr", "add", cidr or node.cidr, "dev", node.iface)
+
+    def remove_address(self, node: SimNode, cidr: str | None = None) -> None:
+        _ip("-n", node.netns, "addr", "del", cidr or node.cidr, "dev", node.iface)
+
+    def wait_settled(self, timeout_s: float = 5.0) -> None:
+        """Until every link's operstate agrees with its carrier (UP iff LOWER_UP)."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            pending = [f"{ns}:{name}" for ns in self._created for name, flags, state in _links(ns)
+                       if state != "UNKNOWN" and ("LOWER_UP" in flags) != (state == "UP")]
+            if not pending:
+                return
+            if time.monotonic() > deadline:
+                raise SimulationError(f"links did not settle in {timeout_s} s: {', '.join(pending)}", HINT)
+            time.sleep(0.05)
+
+    def add_twin(self, address: bool = True) -> tuple[SimNode, ...]:
+        """The port's twin on every node: `enP2p1s0f1np1`, roceP2p1s0f1, 192.168.101.x."""
+        return self._connect(TWIN, address)
+
+    def add_management(self, default_route: bool = True) -> tuple[SimNode, ...]:
+        """The 10 GbE `enP7s7` on every node: no RoCE, and the default route."""
+        nodes = self._connect(MANAGEMENT)
+        if default_route:
+            for n in nodes:
+                _ip("-n", n.netns, "route", "add", "default", "via", MANAGEMENT_GATEWAY, "dev", n.iface)
+        return nodes
+
+    # --- tearing down -----------------------------------------------------------
+    def close(self, raise_errors: bool = False) -> None:
+        """Kill what runs in the namespaces, delete them and the sysfs trees.
+
+        Every step runs even when one fails or Ctrl-C arrives; an interrupt is
+        re-raised once everything is gone.
+        """
+        steps: list[tuple[str, Callable[[], None]]] = [
+            (f"namespace {ns}", lambda ns=ns: remove_namespace(ns, self.kill_grace_s)) for ns in reversed(self._created)
+        ]
+        if self._tmp:
+            steps.append((f"directory {self._tmp}", lambda d=self._tmp: shutil.rmtree(d)))
+        failures, interrupt = [], None
+        for what, step in steps:
+            try:
+                step()
+            except KeyboardInterrupt as exc:
+                interrupt = exc
+            except Exception as exc:  # keep going: the next step may still succeed
+                failures.append(f"{what}: {exc}")
+        self._created, self._tmp, self.nodes = [], None, ()
+        if interrupt:
+            raise interrupt
+        if failures:
+            log.warning("simulated network not fully removed: %s", "; ".join(failures))
+            if raise_errors:
+                raise SimulationError(f"cleanup failed: {'; '.join(failures)}",
+                                      f"remove leftovers with cleanup_stale({self.prefix!r})")
+
+
+# --- module helpers ---------------------------------------------------------------
+def available() -> str | None:
+    """Why namespaces cannot be built here, or None when they can."""
+    if os.geteuid() != 0:
+        return "network namespaces need root"
+    if shutil.which("ip") is None:
+        return "iproute2's `ip` command is not installed"
+    return None
+
+
+def list_namespaces(prefix: str = "") -> list[str]:
+    out = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    names = [line.split()[0] for line in out.splitlines() if line.strip()]
+    return sorted(n for n in names if n.startswith(prefix))
+
+
+def remove_namespace(ns: str, grace_s: float = 2.0) -> None:
+    """SIGTERM the processes inside `ns`, SIGKILL those still there after `grace_s`,
+    then delete it (if it exists)."""
+    for sig, wait in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 1.0)):
+        pids = _pids(ns)
+        for pid in pids:
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
+        deadline = time.monotonic() + wait
+        while pids and time.monotonic() < deadline:
+            time.sleep(0.02)
+            pids = _pids(ns)
+        if not pids:
+            break
+    if ns in list_namespaces(ns):
+        _ip("netns", "del", ns)
+
+
+def _links(ns: str) -> list[tuple[str, set[str], str]]:
+    """(name, flags, operstate) of each link in `ns`, from `ip -o link`."""
+    rows = []
+    for line in _ip("-n", ns, "-o", "link", "show").splitlines():
+        m = re.match(r"\d+: ([^:@]+)(?:@\S+)?: <([^>]*)>.* state (\S+)", line)
+        if m:
+            rows.append((m.group(1), set(m.group(2).split(",")), m.group(3)))
+    return rows
+
+
+def _pids(ns: str) -> list[int]:
+    # Zombies are not listed (their /proc/PID/ns/net is gone), so a parent that has
+    # not reaped a child does not make this wait.
+    r = subprocess.run(["ip", "netns", "pids", ns], capture_output=True, text=True)
+    return [int(p) for p in r.stdout.split()]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def cleanup_stale(prefix: str = "svsim") -> list[str]:
+    """Remove namespaces and sysfs trees named `{prefix}-PID-...` whose PID is dead
+    (a run killed before it could clean up). Returns what was removed."""
+    pattern = re.compile(rf"{re.escape(prefix)}-(\d+)-[0-9a-f]+-")
+    removed = []
+    for ns in list_namespaces(prefix):
+        m = pattern.match(ns)
+        if m and not _alive(int(m.group(1))):
+            remove_namespace(ns)
+            removed.append(ns)
+    tmp = Path(tempfile.gettempdir())
+    for d in tmp.glob(f"{prefix}-*"):
+        m = pattern.match(d.name)
+        if m and d.is_dir() and not _alive(int(m.group(1))):
+            shutil.rmtree(d, ignore_errors=True)
+            removed.append(str(d))
+    return removed
