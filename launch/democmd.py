@@ -1,5 +1,50 @@
-"""placeholder"""
+"""`spark-vllm demo`: the simulated two-Spark cluster serving a tiny model."""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+from orchestrator.demo import run_demo
+from orchestrator.settings import Settings
+
+from .clustercmd import sigterm_stops
+from .options import print_json
 
 
-def register(sub, settings):
-    pass
+def register(sub, settings: Settings) -> None:
+    p = sub.add_parser("demo", help="two simulated Sparks on this machine serve a tiny model (no GPU, no network)")
+    p.add_argument("--timeout", type=float, default=420, help="seconds to wait for the server (default 420)")
+    p.add_argument("--keep", metavar="DIR", default=None,
+                   help="keep the model and logs in DIR (default: a temporary folder, removed)")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace, settings: Settings) -> int:
+    workdir = Path(args.keep or tempfile.mkdtemp(prefix="spark-vllm-demo-"))
+    workdir.mkdir(parents=True, exist_ok=True)
+
+    def show(label: str, line: str) -> None:
+        print(f"[{label:>6}] {line}", file=sys.stderr, flush=True)
+
+    try:
+        with sigterm_stops():
+            result = run_demo(workdir, show, timeout=args.timeout)
+    finally:
+        if not args.keep:
+            shutil.rmtree(workdir, ignore_errors=True)
+    if args.json:
+        print_json(result.to_json())
+        return 0
+    a, t = result.answers, result.timings
+    print(f"\nserved {result.model} at {result.url}, tensor parallel 2 over Ray across two simulated Sparks")
+    print(f"\nchat  > {a['chat']['prompt']}\n      < {a['chat']['answer']!r}  ({a['chat']['tokens']} tokens, {a['chat']['seconds']:.2f} s)")
+    print(f"\ncompl > {a['completion']['prompt']}\n      < {a['completion']['answer']!r}  "
+          f"({a['completion']['tokens']} tokens, {a['completion']['seconds']:.2f} s)")
+    print("\n(the tiny model is random, so its words are noise; on two real Sparks a real model answers)")
+    print("\ntimings: " + ", ".join(f"{k} {v:.1f} s" for k, v in t.items()))
+    return 0

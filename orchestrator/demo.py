@@ -1,0 +1,154 @@
+"""The demo: the whole two-Spark path on one machine, no GPU and no network.
+
+Makes a tiny random Llama locally, builds two simulated Sparks (network
+namespaces cabled by a veth pair named `enp1s0f1np1`, 192.168.100.10 and .11 as
+in the playbook), runs `spark-vllm serve MODEL` on one and `spark-vllm serve
+--head-ip` on the other (TP 2 over Ray, vLLM's CPU engine), sends the playbook's
+two requests from the second Spark, and removes everything it made, on success,
+failure or Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from . import simnet
+from .errors import SimulationError
+from .tinymodel import make_tiny_model
+
+log = logging.getLogger("spark_vllm")
+
+# What lets the CPU engine fit one 2-core machine beside another: a short context and
+# a fixed 64 MiB KV cache. (A --gpu-memory-utilization fraction of RAM fails here:
+# both simulated Sparks count the same memory node, and the sum goes negative.)
+SIM_VLLM_FLAGS = ("--max-model-len", "512", "--max-num-seqs", "16", "--kv-cache-memory-bytes", str(64 << 20))
+PORT = 8000
+
+
+@dataclass(frozen=True)
+class DemoResult:
+    url: str
+    model: str
+    answers: dict
+    timings: dict[str, float]
+    logs: str
+
+    def to_json(self) -> dict:
+        return {"url": self.url, "model": self.model, "answers": self.answers,
+                "timings_s": self.timings, "logs": self.logs}
+
+
+@dataclass
+class NodeRun:
+    """One simulated Spark's `spark-vllm serve`, its log teed to a file."""
+
+    label: str
+    proc: subprocess.Popen
+    log_path: Path
+    on_line: Callable[[str, str], None]
+    ready: threading.Event = field(default_factory=threading.Event)
+
+    def __post_init__(self) -> None:
+        threading.Thread(target=self._pump, name=f"demo-{self.label}", daemon=True).start()
+
+    def _pump(self) -> None:
+        with open(self.log_path, "w") as out:
+            for line in self.proc.stdout:
+                out.write(line)
+                out.flush()
+                if line.startswith("spark-vllm:"):
+                    self.on_line(self.label, line.rstrip()[len("spark-vllm: "):])
+                    if line.startswith("spark-vllm: ready:"):
+                        self.ready.set()
+
+    def tail(self, n: int = 15) -> str:
+        try:
+            return "".join(self.log_path.read_text().splitlines(keepends=True)[-n:])
+        except OSError:
+            return ""
+
+
+def wait_ready(head: NodeRun, others: list[NodeRun], timeout: float) -> float:
+    """Until the head announces ready; fails at once when any node's process ends."""
+    start = time.monotonic()
+    while not head.ready.wait(0.5):
+        for run in [head, *others]:
+            if run.proc.poll() is not None:
+                raise SimulationError(
+                    f"the {run.label} exited with code {run.proc.returncode} before the server was ready; "
+                    f"last lines:\n{run.tail()}", f"full log: {run.log_path}")
+        if time.monotonic() - start > timeout:
+            raise SimulationError(f"the server was not ready after {timeout:g} s; head's last lines:\n{head.tail()}",
+                                  f"full log: {head.log_path}")
+    return time.monotonic() - start
+
+
+def stop_run(run: NodeRun, timeout: float = 60.0) -> int | None:
+    """SIGTERM (what `spark-vllm stop` sends), bounded; the namespace teardown kills the rest."""
+    if run.proc.poll() is None:
+        run.proc.terminate()
+        try:
+            run.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            run.proc.kill()
+    return run.proc.returncode
+
+
+def run_demo(workdir: Path, on_line: Callable[[str, str], None], timeout: float = 420.0,
+             python: str = sys.executable) -> DemoResult:
+    """The demo; raises SimulationError (with the relevant log lines) on any failure."""
+    reason = simnet.available()
+    if reason:
+        raise SimulationError(f"the demo builds two simulated Sparks and cannot here: {reason}",
+                              "run it as root (sudo make demo)")
+    timings: dict[str, float] = {}
+    t0 = time.monotonic()
+    model = str(make_tiny_model(workdir / "tiny-llama"))
+    timings["model"] = time.monotonic() - t0
+    on_line("demo", f"tiny random Llama ready at {model} ({timings['model']:.1f} s)")
+
+    simnet.cleanup_stale("sparkdemo")
+    t1 = time.monotonic()
+    with simnet.SimNetwork(nodes=2, prefix="sparkdemo") as net:
+        head_node, worker_node = net.nodes
+        timings["network"] = time.monotonic() - t1
+        on_line("demo", f"two simulated Sparks: {head_node.ip} and {worker_node.ip} on {head_node.iface} "
+                        f"({timings['network']:.1f} s)")
+
+        def start(label, node, *args):
+            proc = node.popen(python, "-m", "launch", "serve", *args, "--simulate",
+                              "--sysfs-root", node.sysfs_root,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1)
+            return NodeRun(label, proc, workdir / f"{label}.log", on_line)
+
+        t2 = time.monotonic()
+        head = start("head", head_node, model, "--port", str(PORT), "--wait-timeout", "180", *SIM_VLLM_FLAGS)
+        worker = start("worker", worker_node, "--head-ip", head_node.ip)
+        try:
+            wait_ready(head, [worker], timeout)
+            timings["cluster_and_engine"] = time.monotonic() - t2
+            url = f"http://{head_node.ip}:{PORT}"
+            t3 = time.monotonic()
+            out = worker_node.run(python, "-m", "orchestrator.democlient", url, model,
+                                  capture_output=True, text=True, timeout=180)
+            if out.returncode != 0:
+                raise SimulationError(f"the requests failed: {out.stderr.strip().splitlines()[-1:]}")
+            answers = json.loads(out.stdout)
+            timings["requests"] = time.monotonic() - t3
+        finally:
+            t4 = time.monotonic()
+            codes = {"head": stop_run(head), "worker": stop_run(worker)}
+            timings["stop"] = time.monotonic() - t4
+            # The worker leaves on its own when the head goes (exit 7, what a restart policy sees).
+            on_line("demo", f"stopped in {timings['stop']:.1f} s: head exit {codes['head']}, "
+                            f"worker exit {codes['worker']}{' (left with the head)' if codes['worker'] == 7 else ''}")
+    timings["total"] = time.monotonic() - t0
+    return DemoResult(url + "/v1", model, answers, {k: round(v, 2) for k, v in timings.items()}, str(workdir))

@@ -1,0 +1,40 @@
+"""The playbook's two requests, sent the way a user would, printed as JSON.
+
+Run inside a simulated Spark's namespace by the demo (`python -m
+orchestrator.democlient URL MODEL`); stdlib only, so it needs nothing extra.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+import urllib.request
+
+CHAT = "12*17"
+HAIKU = "Write a haiku about a GPU"
+
+
+def post(url: str, body: dict, timeout: float = 120.0) -> dict:
+    req = urllib.request.Request(url, json.dumps(body).encode(), {"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=timeout) as r:
+        return json.load(r)
+
+
+def ask(base: str, model: str, max_tokens: int = 32) -> dict:
+    t0 = time.monotonic()
+    chat = post(f"{base}/v1/chat/completions",
+                {"model": model, "messages": [{"role": "user", "content": CHAT}], "max_tokens": max_tokens})
+    t1 = time.monotonic()
+    comp = post(f"{base}/v1/completions", {"model": model, "prompt": HAIKU, "max_tokens": max_tokens})
+    t2 = time.monotonic()
+    return {
+        "chat": {"prompt": CHAT, "answer": chat["choices"][0]["message"]["content"],
+                 "tokens": chat["usage"]["completion_tokens"], "seconds": round(t1 - t0, 3)},
+        "completion": {"prompt": HAIKU, "answer": comp["choices"][0]["text"],
+                       "tokens": comp["usage"]["completion_tokens"], "seconds": round(t2 - t1, 3)},
+    }
+
+
+if __name__ == "__main__":
+    json.dump(ask(sys.argv[1], sys.argv[2]), sys.stdout)

@@ -1,0 +1,177 @@
+"""A tiny random Llama, made locally, for the demo and the tests.
+
+No network and no hub: the weights come from a fixed seed and the tokenizer is
+a byte-level BPE trained on a few sentences. The shapes are the smallest vLLM's
+CPU attention accepts (it rejects head_dim 16, so 2 heads of 64 over hidden
+128). The text it generates is noise; what matters is that vLLM loads it,
+shards it over tensor parallelism 2, and serves completions and chat.
+
+torch, transformers and tokenizers are imported only when a model is made.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from .errors import SimulationError
+
+SEED = 0
+VOCAB_SIZE = 512
+SPECIAL_TOKENS = ("<|bos|>", "<|eos|>", "<|pad|>")
+BOS, EOS, PAD = SPECIAL_TOKENS
+
+# One line of Jinja: /v1/chat/completions needs a template.
+CHAT_TEMPLATE = (
+    "{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}\n{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>{% endif %}"
+)
+
+# Enough distinct words for the BPE trainer to reach VOCAB_SIZE.
+TRAINING_TEXT = (
+    "The quick brown fox jumps over the lazy dog.",
+    "Two DGX Spark machines serve one model with tensor parallelism.",
+    "Ray forms the cluster; vLLM places one worker on every node.",
+    "Pack my box with five dozen liquor jugs, then weigh the amber vase.",
+    "How vexingly quick daft zebras jump while wizards box nightly!",
+    "A network interface carries RDMA traffic at two hundred gigabits.",
+    "Sphinx of black quartz, judge my vow; fjords glow crisply at dusk.",
+    "Hello, world! Numbers: 0 1 2 3 4 5 6 7 8 9, 42, 2048, 3.14159.",
+    "Completion requests stream tokens back over HTTP to the client.",
+    "Jackdaws love my big sphinx of quartz and the quiet violet moon.",
+    "Engines start, workers load weights, and the health check turns green.",
+    "System, user and assistant messages are joined by the chat template.",
+)
+
+# What save_pretrained writes and vLLM needs; present together means complete.
+REQUIRED_FILES = (
+    "config.json",
+    "model.safetensors",
+    "tokenizer.json",
+    "tokenizer_config.json",
+)
+
+
+def is_complete(path: str | os.PathLike[str]) -> bool:
+    """Whether `path` holds every file a finished `make_tiny_model` wrote."""
+    root = Path(path)
+    return all((root / name).is_file() for name in REQUIRED_FILES)
+
+
+def make_tiny_model(path: str | os.PathLike[str]) -> Path:
+    """Make the tiny model in directory `path` (created) and return `path`.
+
+    Idempotent: a complete model already at `path` is returned as it is. The
+    model is built in a sibling temporary directory and renamed into place, so
+    an interrupted build never looks complete.
+
+    Raises:
+        SimulationError: `path` exists, is not empty and holds no complete
+            model (it is never overwritten), or the build failed.
+    """
+    target = Path(path)
+    if is_complete(target):
+        return target
+    if target.exists() and (not target.is_dir() or any(target.iterdir())):
+        raise SimulationError(
+            f"{target} exists but holds no complete tiny model",
+            hint="remove it or choose another directory",
+        )
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        _build(staging)
+        _move_into_place(staging, target)
+    except OSError as e:
+        raise SimulationError(
+            f"could not write the tiny model to {target}: {e}",
+            hint="check that the directory is writable and has a few MB free",
+        ) from e
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return target
+
+
+def _move_into_place(staging: Path, target: Path) -> None:
+    if target.is_dir():
+        target.rmdir()  # empty, checked above; fails if a racer filled it
+    try:
+        staging.rename(target)
+    except OSError:
+        if not is_complete(target):  # a concurrent maker winning is fine
+            raise
+
+
+def _build(out: Path) -> None:
+    from transformers.utils import logging as hf_logging
+
+    tokenizer = _train_tokenizer()
+    model = _random_llama(len(tokenizer), tokenizer)
+    bar_was_on = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()  # save_pretrained draws one on stderr
+    try:
+        tokenizer.save_pretrained(out)
+        model.save_pretrained(out)
+    finally:
+        if bar_was_on:
+            hf_logging.enable_progress_bar()
+    # mkdtemp made the directory private; the model is not a secret.
+    out.chmod(0o755)
+    for f in out.iterdir():
+        f.chmod(0o644)
+
+
+def _train_tokenizer():
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=VOCAB_SIZE,
+        special_tokens=list(SPECIAL_TOKENS),
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    bpe.train_from_iterator(TRAINING_TEXT, trainer=trainer)
+    if bpe.get_vocab_size() != VOCAB_SIZE:
+        raise SimulationError(
+            f"the tiny tokenizer has {bpe.get_vocab_size()} tokens, "
+            f"expected {VOCAB_SIZE}",
+            hint="add sentences to TRAINING_TEXT in orchestrator/tinymodel.py",
+        )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=bpe,
+        bos_token=BOS,
+        eos_token=EOS,
+        pad_token=PAD,
+        chat_template=CHAT_TEMPLATE,
+        model_max_length=2048,
+    )
+
+
+def _random_llama(vocab_size: int, tokenizer):
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(
+        vocab_size=vocab_size,
+        hidden_size=128,
+        intermediate_size=256,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        head_dim=64,
+        max_position_embeddings=2048,
+        tie_word_embeddings=True,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        dtype="bfloat16",
+    )
+    with torch.random.fork_rng(devices=[]):  # leave the caller's RNG alone
+        torch.manual_seed(SEED)
+        return LlamaForCausalLM(config).to(torch.bfloat16).eval()
