@@ -10,6 +10,7 @@ failure or Ctrl-C.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import subprocess
@@ -102,53 +103,74 @@ def stop_run(run: NodeRun, timeout: float = 60.0) -> int | None:
     return run.proc.returncode
 
 
+@dataclass(frozen=True)
+class SimCluster:
+    net: simnet.SimNetwork
+    head: NodeRun
+    workers: tuple[NodeRun, ...]
+    url: str  # http://HEAD:PORT, reachable from inside the simulated Sparks
+    ready_s: float
+
+    def client(self, index: int = -1) -> simnet.SimNode:
+        """A simulated Spark to send requests from (the last worker by default)."""
+        return self.net.nodes[index]
+
+
+@contextlib.contextmanager
+def serving_cluster(workdir: Path, model: str, on_line: Callable[[str, str], None], nodes: int = 2,
+                    flags: tuple[str, ...] = (), timeout: float = 420.0, python: str = sys.executable,
+                    prefix: str = "sparkdemo"):
+    """`spark-vllm serve` on N simulated Sparks, ready; torn down on exit whatever happens."""
+    reason = simnet.available()
+    if reason:
+        raise SimulationError(f"two simulated Sparks cannot be built here: {reason}",
+                              "run it as root (sudo make demo)")
+    simnet.cleanup_stale(prefix)
+    with simnet.SimNetwork(nodes=nodes, prefix=prefix) as net:
+        head_node, *worker_nodes = net.nodes
+        on_line("demo", f"{nodes} simulated Sparks: {', '.join(n.ip for n in net.nodes)} on {head_node.iface}")
+
+        def start(label, node, *args):
+            proc = node.popen(python, "-m", "launch", "serve", *args, "--simulate", "--nodes", str(nodes),
+                              "--sysfs-root", node.sysfs_root,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1)
+            return NodeRun(label, proc, workdir / f"{label}.log", on_line)
+
+        head = start("head", head_node, model, "--port", str(PORT), "--wait-timeout", "180",
+                     *SIM_VLLM_FLAGS, *flags)
+        workers = tuple(start(f"worker{i}" if nodes > 2 else "worker", n, "--head-ip", head_node.ip)
+                        for i, n in enumerate(worker_nodes, 1))
+        runs = (head, *workers)
+        try:
+            ready = wait_ready(head, list(workers), timeout)
+            yield SimCluster(net, head, workers, f"http://{head_node.ip}:{PORT}", ready)
+        finally:
+            t = time.monotonic()
+            codes = [stop_run(r) for r in runs]
+            # Workers leave on their own when the head goes (exit 7, what a restart policy sees).
+            on_line("demo", f"stopped in {time.monotonic() - t:.1f} s: "
+                            + ", ".join(f"{r.label} exit {c}" for r, c in zip(runs, codes)))
+
+
 def run_demo(workdir: Path, on_line: Callable[[str, str], None], timeout: float = 420.0,
              python: str = sys.executable) -> DemoResult:
     """The demo; raises SimulationError (with the relevant log lines) on any failure."""
-    reason = simnet.available()
-    if reason:
-        raise SimulationError(f"the demo builds two simulated Sparks and cannot here: {reason}",
-                              "run it as root (sudo make demo)")
     timings: dict[str, float] = {}
     t0 = time.monotonic()
     model = str(make_tiny_model(workdir / "tiny-llama"))
     timings["model"] = time.monotonic() - t0
     on_line("demo", f"tiny random Llama ready at {model} ({timings['model']:.1f} s)")
-
-    simnet.cleanup_stale("sparkdemo")
     t1 = time.monotonic()
-    with simnet.SimNetwork(nodes=2, prefix="sparkdemo") as net:
-        head_node, worker_node = net.nodes
-        timings["network"] = time.monotonic() - t1
-        on_line("demo", f"two simulated Sparks: {head_node.ip} and {worker_node.ip} on {head_node.iface} "
-                        f"({timings['network']:.1f} s)")
-
-        def start(label, node, *args):
-            proc = node.popen(python, "-m", "launch", "serve", *args, "--simulate",
-                              "--sysfs-root", node.sysfs_root,
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1)
-            return NodeRun(label, proc, workdir / f"{label}.log", on_line)
-
+    with serving_cluster(workdir, model, on_line, timeout=timeout, python=python) as sim:
+        timings["cluster_and_engine"] = time.monotonic() - t1
         t2 = time.monotonic()
-        head = start("head", head_node, model, "--port", str(PORT), "--wait-timeout", "180", *SIM_VLLM_FLAGS)
-        worker = start("worker", worker_node, "--head-ip", head_node.ip)
-        try:
-            wait_ready(head, [worker], timeout)
-            timings["cluster_and_engine"] = time.monotonic() - t2
-            url = f"http://{head_node.ip}:{PORT}"
-            t3 = time.monotonic()
-            out = worker_node.run(python, "-m", "orchestrator.democlient", url, model,
-                                  capture_output=True, text=True, timeout=180)
-            if out.returncode != 0:
-                raise SimulationError(f"the requests failed: {out.stderr.strip().splitlines()[-1:]}")
-            answers = json.loads(out.stdout)
-            timings["requests"] = time.monotonic() - t3
-        finally:
-            t4 = time.monotonic()
-            codes = {"head": stop_run(head), "worker": stop_run(worker)}
-            timings["stop"] = time.monotonic() - t4
-            # The worker leaves on its own when the head goes (exit 7, what a restart policy sees).
-            on_line("demo", f"stopped in {timings['stop']:.1f} s: head exit {codes['head']}, "
-                            f"worker exit {codes['worker']}{' (left with the head)' if codes['worker'] == 7 else ''}")
+        out = sim.client().run(python, "-m", "orchestrator.democlient", sim.url, model,
+                               capture_output=True, text=True, timeout=180)
+        if out.returncode != 0:
+            raise SimulationError(f"the requests failed: {(out.stderr.strip().splitlines() or ['?'])[-1]}")
+        answers = json.loads(out.stdout)
+        timings["requests"] = time.monotonic() - t2
+        t3 = time.monotonic()
+    timings["stop"] = time.monotonic() - t3
     timings["total"] = time.monotonic() - t0
-    return DemoResult(url + "/v1", model, answers, {k: round(v, 2) for k, v in timings.items()}, str(workdir))
+    return DemoResult(sim.url + "/v1", model, answers, {k: round(v, 2) for k, v in timings.items()}, str(workdir))

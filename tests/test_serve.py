@@ -1,0 +1,179 @@
+"""`spark-vllm serve` for real: two simulated Sparks (network namespaces), a real Ray
+cluster across them, vLLM's CPU engine with tensor parallel 2 over Ray, and the
+OpenAI client sending requests from the other Spark. Plus the fast failures: each
+must fail in seconds, before Ray or the engine start, and leave nothing behind."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+
+from orchestrator import simnet
+from orchestrator.demo import serving_cluster
+from orchestrator.tinymodel import make_tiny_model
+
+from conftest import PREFIX, REPO, clean_env
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    return str(make_tiny_model(tmp_path_factory.mktemp("model") / "tiny-llama"))
+
+
+@pytest.fixture(scope="module")
+def served(netns_ok, model, tmp_path_factory):
+    lines: list[tuple[str, str]] = []
+    logs = tmp_path_factory.mktemp("logs")
+    with serving_cluster(logs, model, lambda who, line: lines.append((who, line)), prefix=PREFIX) as sim:
+        yield sim, lines
+
+
+def in_client(sim, code: str) -> dict:
+    """Run `code` (which prints JSON) with the OpenAI client inside the worker Spark."""
+    prelude = f"import json, openai, urllib.request\nBASE = {sim.url!r}\n" \
+              "client = openai.OpenAI(base_url=BASE + '/v1', api_key='none')\n"
+    out = sim.client().run(sys.executable, "-c", prelude + textwrap.dedent(code),
+                           capture_output=True, text=True, timeout=120, env=clean_env())
+    assert out.returncode == 0, out.stderr[-2000:]
+    return json.loads(out.stdout)
+
+
+def test_ready_announced_with_tp2_over_both_nodes(served, model):
+    sim, lines = served
+    head = [line for who, line in lines if who == "head"]
+    assert any("2 of 2 GPU nodes" in line for line in head)
+    assert any("TP 2 x PP 1 over 2 GPU(s), executor ray" in line for line in head)
+    ready = [line for line in head if line.startswith("ready:")]
+    assert ready and sim.url in ready[0] and "engine" in ready[0]
+
+
+def test_health_and_models(served, model):
+    sim, _ = served
+    got = in_client(sim, """
+        health = urllib.request.urlopen(BASE + '/health', timeout=5).status
+        print(json.dumps({'health': health, 'models': [m.id for m in client.models.list()]}))
+    """)
+    assert got == {"health": 200, "models": [model]}
+
+
+def test_chat_completion(served, model):
+    sim, _ = served
+    got = in_client(sim, f"""
+        r = client.chat.completions.create(model={model!r}, max_tokens=12,
+                                           messages=[{{'role': 'user', 'content': '12*17'}}])
+        print(json.dumps({{'text': r.choices[0].message.content, 'n': r.usage.completion_tokens,
+                           'finish': r.choices[0].finish_reason}}))
+    """)
+    assert got["n"] == 12 and got["finish"] == "length" and isinstance(got["text"], str) and got["text"]
+
+
+def test_completion(served, model):
+    sim, _ = served
+    got = in_client(sim, f"""
+        r = client.completions.create(model={model!r}, prompt='Write a haiku about a GPU', max_tokens=8)
+        print(json.dumps({{'text': r.choices[0].text, 'n': r.usage.completion_tokens}}))
+    """)
+    assert got["n"] == 8 and got["text"]
+
+
+def test_streaming(served, model):
+    sim, _ = served
+    got = in_client(sim, f"""
+        chunks = [c.choices[0].delta.content or '' for c in client.chat.completions.create(
+            model={model!r}, max_tokens=10, stream=True,
+            messages=[{{'role': 'user', 'content': 'count to ten'}}]) if c.choices]
+        print(json.dumps({{'chunks': len(chunks), 'text': ''.join(chunks)}}))
+    """)
+    assert got["chunks"] >= 5 and got["text"]
+
+
+def test_status_sees_cluster_and_server(served):
+    sim, _ = served
+    node = sim.client()
+    out = node.run(sys.executable, "-m", "launch", "status", "--json", "--sysfs-root", node.sysfs_root,
+                   "--head-ip", sim.net.nodes[0].ip, capture_output=True, text=True, timeout=60,
+                   env=clean_env(), cwd=REPO)
+    assert out.returncode == 0, out.stderr
+    status = json.loads(out.stdout)
+    assert status["complete"] is True and status["gpus"] == 2
+    assert sorted((n["ip"], n["head"]) for n in status["nodes"] if n["alive"]) == \
+        [(sim.net.nodes[0].ip, True), (sim.net.nodes[1].ip, False)]
+    assert status["server"]["health"] == "healthy"
+
+
+def test_stop_drains_and_leaves_nothing(served):
+    """Last in this module: `spark-vllm stop` on the head ends the server (exit 0), the
+    worker follows, and no process is left in either Spark."""
+    sim, lines = served
+    head_node = sim.net.nodes[0]
+    out = head_node.run(sys.executable, "-m", "launch", "stop", "--sysfs-root", head_node.sysfs_root,
+                        capture_output=True, text=True, timeout=120, env=clean_env(), cwd=REPO)
+    assert out.returncode == 0, out.stderr
+    assert sim.head.proc.wait(60) == 0
+    assert sim.workers[0].proc.wait(60) == 7  # the worker leaves when its head goes
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and any(simnet._pids(ns) for ns in sim.net.namespaces):
+        time.sleep(0.5)
+    assert [simnet._pids(ns) for ns in sim.net.namespaces] == [[] for _ in sim.net.namespaces]
+
+
+# --- failing fast ------------------------------------------------------------------
+@pytest.fixture
+def one(netns_ok):
+    with simnet.SimNetwork(nodes=1, prefix=PREFIX) as net:
+        yield net.nodes[0]
+
+
+def serve(node, *args, timeout=120):
+    t = time.monotonic()
+    out = node.run(sys.executable, "-m", "launch", "serve", *args, "--simulate",
+                   "--sysfs-root", node.sysfs_root, capture_output=True, text=True,
+                   timeout=timeout, env=clean_env(), cwd=REPO)
+    return out, time.monotonic() - t
+
+
+def assert_one_line_error(out, code):
+    assert out.returncode == code, (out.returncode, out.stderr[-3000:])
+    ours = [ln for ln in out.stderr.splitlines() if ln.startswith("spark-vllm: error:")]
+    assert len(ours) == 1, out.stderr[-3000:]
+    assert "Traceback" not in out.stderr
+    return ours[0]
+
+
+def test_bad_flag_fails_before_ray(one, model):
+    out, took = serve(one, model, "--no-such-vllm-flag", "3")
+    line = assert_one_line_error(out, 2)
+    assert "--no-such-vllm-flag" in line and "vLLM rejected the flags" in line
+    assert "Ray" not in out.stderr.split("spark-vllm: error:")[0]  # nothing was started
+    assert took < 60
+    assert simnet._pids(one.netns) == []
+
+
+def test_bad_flag_value_fails_before_ray(one, model):
+    out, _ = serve(one, model, "--max-model-len", "lots")
+    line = assert_one_line_error(out, 2)
+    assert "max-model-len" in line or "max_model_len" in line
+
+
+def test_missing_model_path(one, tmp_path):
+    out, took = serve(one, str(tmp_path / "no-such-model"))
+    line = assert_one_line_error(out, 9)
+    assert "does not exist" in line and took < 30
+
+
+def test_no_model_on_the_head(one):
+    out, _ = serve(one)
+    assert "no model given" in assert_one_line_error(out, 2)
+
+
+def test_tp_larger_than_the_cluster_fails_at_once(one, model):
+    out, took = serve(one, model, "--nodes", "1", "--tensor-parallel-size", "4", "--wait-timeout", "60")
+    line = assert_one_line_error(out, 8)
+    assert "TP 4 x PP 1 needs 4 GPUs but the cluster has 1" in line
+    assert took < 90  # not vLLM's 30-minute placement-group wait
+    assert simnet._pids(one.netns) == []
