@@ -46,8 +46,15 @@ def exit_code_for(exc: BaseException) -> int:
     return next((code for kind, code in EXIT_CODES if isinstance(exc, kind)), 1)
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse, with errors on one line like every other spark-vllm error."""
+
+    def error(self, message: str):
+        self.exit(2, f"spark-vllm: error: {message} (see `{self.prog} --help`)\n")
+
+
 def build_parser(settings: Settings) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="spark-vllm",
         description="Serve an LLM with vLLM across DGX Spark machines (Ray, tensor parallel).",
         allow_abbrev=False,

@@ -45,7 +45,8 @@ def run_net(args: argparse.Namespace, settings: Settings) -> int:
     for note in found.notes:
         log.warning(note)
     try:
-        choice, failure = choose_interface(found.interfaces, args.iface, check_ipv4(args.head_ip)), None
+        choice, failure = choose_interface(found.interfaces, args.iface, check_ipv4(args.head_ip),
+                                           found.sysfs_root), None
     except DiscoveryError as exc:
         choice, failure = None, exc
     if args.json:

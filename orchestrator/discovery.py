@@ -74,6 +74,7 @@ class Discovery:
     interfaces: tuple[Interface, ...]
     source: str  # "netlink" or "netifaces"
     notes: tuple[str, ...] = field(default=())
+    sysfs_root: str = "/sys"
 
     def by_name(self, name: str) -> Interface | None:
         return next((i for i in self.interfaces if i.name == name), None)
@@ -196,6 +197,9 @@ def discover(sysfs_root: str | os.PathLike = "/sys", netns: str | None = None,
     tests can stand in for a sandbox that forbids netlink.
     """
     notes: list[str] = []
+    if not Path(sysfs_root).is_dir():
+        raise DiscoveryError(f"sysfs root {sysfs_root} is not a folder",
+                             "pass --sysfs-root with a sysfs tree (default /sys)")
     try:
         rows = _netlink_links(netns, open_netlink)
         source = "netlink"
@@ -215,4 +219,4 @@ def discover(sysfs_root: str | os.PathLike = "/sys", netns: str | None = None,
         notes.append(f"netlink unavailable ({exc}); addresses read with netifaces, state and MTU from sysfs")
     roce = roce_map(sysfs_root)
     speeds = {r["name"]: _int_or_none(_read_sysfs(sysfs_root, r["name"], "speed")) for r in rows}
-    return Discovery(build_interfaces(rows, roce, speeds), source, tuple(notes))
+    return Discovery(build_interfaces(rows, roce, speeds), source, tuple(notes), str(sysfs_root))

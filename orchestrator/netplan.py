@@ -38,6 +38,7 @@ def plan_network(discovery: Discovery, environ: Mapping[str, str], iface: str | 
                  extra: Mapping[str, str] | None = None) -> NetworkPlan:
     """Pure: which interface, and which variables. Raises DiscoveryError or UsageError."""
     head_ip = check_ipv4(head_ip)
-    choice = choose_interface(discovery.interfaces, iface=iface, head_ip=head_ip)
+    choice = choose_interface(discovery.interfaces, iface=iface, head_ip=head_ip,
+                              sysfs_root=discovery.sysfs_root)
     env = plan_environment(choice, discovery.interfaces, environ, head_ip=head_ip, force=force, extra=extra)
     return NetworkPlan(discovery, choice, env, head_ip)

@@ -70,14 +70,14 @@ def _explicit(interfaces: tuple[Interface, ...], name: str, head_ip: str | None)
 
 
 def choose_interface(interfaces: tuple[Interface, ...], iface: str | None = None,
-                     head_ip: str | None = None) -> Choice:
+                     head_ip: str | None = None, sysfs_root: str = "/sys") -> Choice:
     """Pick the interface the cluster talks over. Raises a DiscoveryError subclass."""
     if iface:
         return _explicit(interfaces, iface, head_ip)
     rdma = [i for i in interfaces if i.has_rdma]
     if not rdma:
         raise NoRdmaInterface(
-            "no RoCE device found (nothing under /sys/class/infiniband maps to an interface)",
+            f"no RoCE device found (nothing under {sysfs_root.rstrip('/')}/class/infiniband maps to an interface)",
             "name the interface to use with --iface",
         )
     up = [i for i in rdma if i.up]

@@ -107,11 +107,16 @@ def test_unreadable_speed_is_none(pair):
     assert read(a)[1].speed_mbps is None
 
 
-def test_missing_namespace_is_an_error_and_is_not_created(netns_ok):
+def test_missing_namespace_is_an_error_and_is_not_created(netns_ok, tmp_path):
     name = "svtest-does-not-exist"
     with pytest.raises(DiscoveryError, match="svtest-does-not-exist"):
-        discover("/nonexistent", netns=name)
+        discover(tmp_path, netns=name)
     assert simnet.list_namespaces(name) == []
+
+
+def test_missing_sysfs_root_is_an_error(tmp_path):
+    with pytest.raises(DiscoveryError, match="is not a folder"):
+        discover(tmp_path / "typo")
 
 
 # --- the netifaces fallback --------------------------------------------------------
