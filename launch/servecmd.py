@@ -71,7 +71,7 @@ def run_serve(args: argparse.Namespace, settings: Settings) -> int:
         state = form_cluster(plan, node, address)
         par = serving.plan_parallelism(vargs.tensor_parallel_size, vargs.pipeline_parallel_size,
                                        vargs.distributed_executor_backend, state.gpus)
-        serving.apply_parallelism(vargs, par)
+        serving.fill_unset(vargs, par)
         t_cluster = time.monotonic() - t0
         log.info("cluster ready in %.1f s; starting vLLM with %s", t_cluster, par.describe())
         public = f"http://{plan.cluster.node_ip}:{vargs.port}/v1"

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -73,20 +72,28 @@ def pid_alive(pid: int) -> bool:
 
 
 def terminate(pid: int, timeout: float = 60.0) -> bool:
-    """SIGTERM, wait up to `timeout`, then SIGKILL. True when it stopped gracefully."""
+    """SIGTERM, wait up to `timeout`, then SIGKILL it and every process under it (vLLM
+    0.32 does not act on SIGTERM while its engine builds). True when it stopped
+    gracefully."""
+    import psutil
+
     try:
-        os.kill(pid, signal.SIGTERM)
-    except ProcessLookupError:
+        tree = [psutil.Process(pid)]
+        tree += tree[0].children(recursive=True)
+        tree[0].terminate()
+    except psutil.NoSuchProcess:
         return True
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if not pid_alive(pid) or _is_zombie(pid):
             return True
         time.sleep(0.2)
-    try:
-        os.kill(pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
+    for proc in tree:
+        try:
+            proc.kill()
+        except psutil.Error:
+            pass
+    psutil.wait_procs(tree, timeout=10)
     return False
 
 

@@ -51,12 +51,18 @@ def check_model(model: str | None, environ=os.environ) -> str:
     return model
 
 
+# Flags spark-vllm fills when the user left them unset; parsed with a None default so
+# that an explicit value, in any spelling vLLM accepts, is never overridden.
+FILLED = ("tensor_parallel_size", "pipeline_parallel_size", "distributed_executor_backend", "shutdown_timeout")
+# SIGTERM/Ctrl-C let in-flight requests finish for this long (vLLM's default, 0, aborts them).
+DRAIN_SECONDS = 30
+
+
 def parse_serve_args(api: VllmApi, model: str, flags: list[str]) -> argparse.Namespace:
-    """vLLM's parser and validation on `--model MODEL FLAGS`. TP, PP and the backend
-    default to None here so that `fill_parallelism` can tell what the user set."""
+    """vLLM's parser and validation on `--model MODEL FLAGS`."""
     parser = api.make_arg_parser(api.FlexibleArgumentParser(prog="spark-vllm serve"))
-    parser.set_defaults(tensor_parallel_size=None, pipeline_parallel_size=None,
-                        distributed_executor_backend=None)
+    known = {a.dest for a in parser._actions}
+    parser.set_defaults(**{dest: None for dest in FILLED if dest in known})
     err = io.StringIO()
     try:
         with contextlib.redirect_stderr(err):
@@ -100,10 +106,14 @@ def plan_parallelism(tp: int | None, pp: int | None, backend: str | None, gpus: 
     return Parallelism(tensor, pipeline, backend or "ray", gpus)
 
 
-def apply_parallelism(args: argparse.Namespace, par: Parallelism) -> argparse.Namespace:
+def fill_unset(args: argparse.Namespace, par: Parallelism) -> argparse.Namespace:
+    """Write the parallelism, and a drain on shutdown unless the user chose one
+    (versions without `--shutdown-timeout` lack the attribute and are left alone)."""
     args.tensor_parallel_size = par.tensor
     args.pipeline_parallel_size = par.pipeline
     args.distributed_executor_backend = par.backend
+    if hasattr(args, "shutdown_timeout") and args.shutdown_timeout is None:
+        args.shutdown_timeout = DRAIN_SECONDS
     return args
 
 
