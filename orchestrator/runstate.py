@@ -7,7 +7,6 @@ Sparks share one /tmp), in SPARK_VLLM_RUN_DIR or /tmp/spark-vllm.
 from __future__ import annotations
 
 import json
-import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -62,13 +61,9 @@ def records_for(directory: Path, addresses: Iterable[str]) -> list[RunRecord]:
 
 
 def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    import psutil
+
+    return psutil.pid_exists(pid)
 
 
 def terminate(pid: int, timeout: float = 60.0) -> bool:

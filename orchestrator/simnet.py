@@ -35,6 +35,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+import psutil
+
 from .errors import SimulationError
 
 log = logging.getLogger("spark_vllm")
@@ -282,17 +284,17 @@ def remove_namespace(ns: str, grace_s: float = 2.0) -> None:
     """SIGTERM the processes inside `ns`, SIGKILL those still there after `grace_s`,
     then delete it (if it exists)."""
     for sig, wait in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 1.0)):
-        pids = _pids(ns)
-        for pid in pids:
+        left = pids(ns)
+        for pid in left:
             try:
                 os.kill(pid, sig)
             except ProcessLookupError:
                 pass
         deadline = time.monotonic() + wait
-        while pids and time.monotonic() < deadline:
+        while left and time.monotonic() < deadline:
             time.sleep(0.02)
-            pids = _pids(ns)
-        if not pids:
+            left = pids(ns)
+        if not left:
             break
     if ns in list_namespaces(ns):
         _ip("netns", "del", ns)
@@ -308,21 +310,11 @@ def _links(ns: str) -> list[tuple[str, set[str], str]]:
     return rows
 
 
-def _pids(ns: str) -> list[int]:
+def pids(ns: str) -> list[int]:
     # Zombies are not listed (their /proc/PID/ns/net is gone), so a parent that has
     # not reaped a child does not make this wait.
     r = subprocess.run(["ip", "netns", "pids", ns], capture_output=True, text=True)
     return [int(p) for p in r.stdout.split()]
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def cleanup_stale(prefix: str = "svsim") -> list[str]:
@@ -332,13 +324,13 @@ def cleanup_stale(prefix: str = "svsim") -> list[str]:
     removed = []
     for ns in list_namespaces(prefix):
         m = pattern.match(ns)
-        if m and not _alive(int(m.group(1))):
+        if m and not psutil.pid_exists(int(m.group(1))):
             remove_namespace(ns)
             removed.append(ns)
     tmp = Path(tempfile.gettempdir())
     for d in tmp.glob(f"{prefix}-*"):
         m = pattern.match(d.name)
-        if m and d.is_dir() and not _alive(int(m.group(1))):
+        if m and d.is_dir() and not psutil.pid_exists(int(m.group(1))):
             shutil.rmtree(d, ignore_errors=True)
             removed.append(str(d))
     return removed

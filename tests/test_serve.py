@@ -6,7 +6,6 @@ must fail in seconds, before Ray or the engine start, and leave nothing behind."
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 import textwrap
 import time
@@ -117,9 +116,9 @@ def test_stop_drains_and_leaves_nothing(served):
     assert sim.head.proc.wait(60) == 0
     assert sim.workers[0].proc.wait(60) == 7  # the worker leaves when its head goes
     deadline = time.monotonic() + 20
-    while time.monotonic() < deadline and any(simnet._pids(ns) for ns in sim.net.namespaces):
+    while time.monotonic() < deadline and any(simnet.pids(ns) for ns in sim.net.namespaces):
         time.sleep(0.5)
-    assert [simnet._pids(ns) for ns in sim.net.namespaces] == [[] for _ in sim.net.namespaces]
+    assert [simnet.pids(ns) for ns in sim.net.namespaces] == [[] for _ in sim.net.namespaces]
 
 
 # --- failing fast ------------------------------------------------------------------
@@ -151,7 +150,7 @@ def test_bad_flag_fails_before_ray(one, model):
     assert "--no-such-vllm-flag" in line and "vLLM rejected the flags" in line
     assert "Ray" not in out.stderr.split("spark-vllm: error:")[0]  # nothing was started
     assert took < 60
-    assert simnet._pids(one.netns) == []
+    assert simnet.pids(one.netns) == []
 
 
 def test_bad_flag_value_fails_before_ray(one, model):
@@ -176,4 +175,4 @@ def test_tp_larger_than_the_cluster_fails_at_once(one, model):
     line = assert_one_line_error(out, 8)
     assert "TP 4 x PP 1 needs 4 GPUs but the cluster has 1" in line
     assert took < 90  # not vLLM's 30-minute placement-group wait
-    assert simnet._pids(one.netns) == []
+    assert simnet.pids(one.netns) == []
