@@ -92,6 +92,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("spark-vllm: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `spark-vllm net --json | head`: the reader left, not an error
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except errors.Stopped:
         log.info("stopped")
         return 0

@@ -74,7 +74,7 @@ def register(sub, settings: Settings) -> None:
 
 def node_request(args: argparse.Namespace) -> NodeRequest:
     return NodeRequest(
-        head_ip=args.head_ip, iface=args.iface, force=args.force, simulate=args.simulate,
+        head_ip=args.head_ip, iface=args.iface, node_ip=args.node_ip, force=args.force, simulate=args.simulate,
         token_file=args.token_file,
         cluster=ClusterOptions(
             node_ip="", head_ip="", port=args.ray_port, num_gpus=args.num_gpus, num_cpus=args.num_cpus,
@@ -182,7 +182,7 @@ def run_status(args: argparse.Namespace, settings: Settings) -> int:
     found = discover(args.sysfs_root)
     from orchestrator.netplan import plan_network
 
-    net = plan_network(found, os.environ, iface=args.iface, head_ip=args.head_ip)
+    net = plan_network(found, os.environ, iface=args.iface, head_ip=args.head_ip, node_ip=args.node_ip)
     head_ip = net.head_ip or net.node_ip
     address = cluster.attach_address(os.environ) or f"{head_ip}:{args.ray_port}"
     if not cluster.port_open(head_ip, args.ray_port) and not os.environ.get("RAY_ADDRESS"):
@@ -213,7 +213,7 @@ def run_status(args: argparse.Namespace, settings: Settings) -> int:
 
 def run_stop(args: argparse.Namespace, settings: Settings) -> int:
     found = discover(args.sysfs_root)
-    addresses = [a for i in found.interfaces for a in i.addresses]
+    addresses = [a for i in found.interfaces for a in i.addresses] + ([args.node_ip] if args.node_ip else [])
     records = runstate.records_for(runstate.run_dir(os.environ), addresses)
     if not records:
         log.info("no spark-vllm node runs on this machine")

@@ -21,6 +21,9 @@ def register(sub, settings: Settings) -> None:
     p.add_argument("--keep", metavar="DIR", default=None,
                    help="keep the model and logs in DIR (default: a temporary folder, removed)")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.add_argument("--loopback", action="store_true",
+                   help="use loopback addresses 127.0.0.2/.3 instead of network namespaces "
+                        "(the default where namespaces cannot be built, i.e. without root)")
     p.set_defaults(func=run)
 
 
@@ -33,7 +36,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
 
     try:
         with sigterm_stops():
-            result = run_demo(workdir, show, timeout=args.timeout)
+            result = run_demo(workdir, show, timeout=args.timeout, loopback=args.loopback)
     finally:
         if not args.keep:
             shutil.rmtree(workdir, ignore_errors=True)

@@ -9,7 +9,7 @@ import os
 from orchestrator.commenv import shell_lines
 from orchestrator.discovery import Discovery, discover
 from orchestrator.errors import DiscoveryError
-from orchestrator.netplan import NetworkPlan, check_ipv4, plan_network
+from orchestrator.netplan import NetworkPlan, check_ipv4, plan_network, with_node_ip
 from orchestrator.selection import Choice, choose_interface
 from orchestrator.settings import Settings
 
@@ -36,7 +36,8 @@ def network_plan(args: argparse.Namespace) -> NetworkPlan:
     found = discover(args.sysfs_root)
     for note in found.notes:
         log.warning(note)
-    return plan_network(found, os.environ, iface=args.iface, head_ip=args.head_ip, force=args.force)
+    return plan_network(found, os.environ, iface=args.iface, head_ip=args.head_ip, force=args.force,
+                        node_ip=args.node_ip)
 
 
 def run_net(args: argparse.Namespace, settings: Settings) -> int:
@@ -45,8 +46,8 @@ def run_net(args: argparse.Namespace, settings: Settings) -> int:
     for note in found.notes:
         log.warning(note)
     try:
-        choice, failure = choose_interface(found.interfaces, args.iface, check_ipv4(args.head_ip),
-                                           found.sysfs_root), None
+        choice = choose_interface(found.interfaces, args.iface, check_ipv4(args.head_ip), found.sysfs_root)
+        choice, failure = with_node_ip(choice, args.node_ip), None
     except DiscoveryError as exc:
         choice, failure = None, exc
     if args.json:

@@ -15,6 +15,8 @@ def add_network_options(p: argparse.ArgumentParser, settings: Settings) -> None:
                    help="fabric interface to use (env SPARK_VLLM_IFACE); default: the up RoCE interface")
     g.add_argument("--head-ip", default=settings.head_ip, metavar="IP",
                    help="the head node's fabric address (env SPARK_VLLM_HEAD_IP)")
+    g.add_argument("--node-ip", default=settings.node_ip, metavar="IP",
+                   help="this node's address on the interface, when it has several (env SPARK_VLLM_NODE_IP)")
     g.add_argument("--sysfs-root", default=settings.sysfs_root, metavar="DIR",
                    help="sysfs root to read RoCE devices from (env SPARK_VLLM_SYSFS_ROOT; default /sys)")
     g.add_argument("--force", action="store_true",

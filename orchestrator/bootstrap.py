@@ -30,6 +30,7 @@ class NodeRequest:
 
     head_ip: str | None = None  # None: this machine is the head
     iface: str | None = None
+    node_ip: str | None = None  # None: the interface's address
     force: bool = False
     simulate: bool = False
     token_file: str | None = None
@@ -51,12 +52,12 @@ class NodePlan:
 def plan_node(req: NodeRequest, discovery: Discovery, environ: Mapping[str, str]) -> NodePlan:
     extra = {SIMULATE_VAR: "1"} if req.simulate else {}
     network = plan_network(discovery, environ, iface=req.iface, head_ip=req.head_ip,
-                           force=req.force, extra=extra)
+                           force=req.force, extra=extra, node_ip=req.node_ip)
     base = req.cluster or ClusterOptions(node_ip="", head_ip="")
     if base.nodes < 1:
         raise UsageError(f"--nodes {base.nodes} must be at least 1")
     # The same command runs on every Spark: the one that owns --head-ip is the head.
-    own = network.choice.interface.addresses
+    own = (network.node_ip,) if req.node_ip else network.choice.interface.addresses
     role = "head" if not network.head_ip or network.head_ip in own else "worker"
     if role == "worker":
         check_head_subnet(network.head_ip, network.choice.interface)

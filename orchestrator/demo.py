@@ -105,7 +105,7 @@ def stop_run(run: NodeRun, timeout: float = 60.0) -> int | None:
 
 @dataclass(frozen=True)
 class SimCluster:
-    net: simnet.SimNetwork
+    net: simnet.SimNetwork | simnet.LoopbackNetwork
     head: NodeRun
     workers: tuple[NodeRun, ...]
     url: str  # http://HEAD:PORT, reachable from inside the simulated Sparks
@@ -116,23 +116,28 @@ class SimCluster:
         return self.net.nodes[index]
 
 
+def simulated_sparks(nodes: int, prefix: str, loopback: bool, on_line: Callable[[str, str], None]):
+    """Network namespaces when this machine allows them (root), else loopback addresses."""
+    reason = "asked for" if loopback else simnet.available()
+    if reason:
+        on_line("demo", f"loopback addresses stand in for the Sparks ({reason}): no namespaces, no RoCE")
+        return simnet.LoopbackNetwork(nodes)
+    simnet.cleanup_stale(prefix)
+    return simnet.SimNetwork(nodes=nodes, prefix=prefix)
+
+
 @contextlib.contextmanager
 def serving_cluster(workdir: Path, model: str, on_line: Callable[[str, str], None], nodes: int = 2,
                     flags: tuple[str, ...] = (), timeout: float = 420.0, python: str = sys.executable,
-                    prefix: str = "sparkdemo"):
+                    prefix: str = "sparkdemo", loopback: bool = False):
     """`spark-vllm serve` on N simulated Sparks, ready; torn down on exit whatever happens."""
-    reason = simnet.available()
-    if reason:
-        raise SimulationError(f"two simulated Sparks cannot be built here: {reason}",
-                              "run it as root (sudo make demo)")
-    simnet.cleanup_stale(prefix)
-    with simnet.SimNetwork(nodes=nodes, prefix=prefix) as net:
+    with simulated_sparks(nodes, prefix, loopback, on_line) as net:
         head_node, *worker_nodes = net.nodes
         on_line("demo", f"{nodes} simulated Sparks: {', '.join(n.ip for n in net.nodes)} on {head_node.iface}")
 
         def start(label, node, *args):
             proc = node.popen(python, "-m", "launch", "serve", *args, "--simulate", "--nodes", str(nodes),
-                              "--sysfs-root", node.sysfs_root,
+                              *node.cli_flags(),
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1)
             return NodeRun(label, proc, workdir / f"{label}.log", on_line)
 
@@ -153,7 +158,7 @@ def serving_cluster(workdir: Path, model: str, on_line: Callable[[str, str], Non
 
 
 def run_demo(workdir: Path, on_line: Callable[[str, str], None], timeout: float = 420.0,
-             python: str = sys.executable) -> DemoResult:
+             python: str = sys.executable, loopback: bool = False) -> DemoResult:
     """The demo; raises SimulationError (with the relevant log lines) on any failure."""
     timings: dict[str, float] = {}
     t0 = time.monotonic()
@@ -161,7 +166,7 @@ def run_demo(workdir: Path, on_line: Callable[[str, str], None], timeout: float 
     timings["model"] = time.monotonic() - t0
     on_line("demo", f"tiny random Llama ready at {model} ({timings['model']:.1f} s)")
     t1 = time.monotonic()
-    with serving_cluster(workdir, model, on_line, timeout=timeout, python=python) as sim:
+    with serving_cluster(workdir, model, on_line, timeout=timeout, python=python, loopback=loopback) as sim:
         timings["cluster_and_engine"] = time.monotonic() - t1
         t2 = time.monotonic()
         out = sim.client().run(python, "-m", "orchestrator.democlient", sim.url, model,

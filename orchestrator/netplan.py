@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Mapping
 
 from .commenv import EnvPlan, plan_environment
@@ -33,12 +33,24 @@ def check_ipv4(value: str | None, flag: str = "--head-ip") -> str | None:
         raise UsageError(f"{flag} {value!r} is not an IPv4 address", "e.g. --head-ip 192.168.100.10") from None
 
 
+def with_node_ip(choice: Choice, node_ip: str | None) -> Choice:
+    """`--node-ip`: this node's address when the interface's own is not the one to use
+    (several addresses on one port, or loopback addresses such as 127.0.0.2)."""
+    node_ip = check_ipv4(node_ip, "--node-ip")
+    if node_ip is None:
+        return choice
+    if not choice.interface.subnet_holds(node_ip):
+        raise UsageError(f"--node-ip {node_ip} is not on {choice.name}'s subnet ({', '.join(choice.interface.ipv4)})",
+                         "give an address of the chosen interface")
+    return replace(choice, address=node_ip, reason=f"{choice.reason}; address from --node-ip")
+
+
 def plan_network(discovery: Discovery, environ: Mapping[str, str], iface: str | None = None,
                  head_ip: str | None = None, force: bool = False,
-                 extra: Mapping[str, str] | None = None) -> NetworkPlan:
+                 extra: Mapping[str, str] | None = None, node_ip: str | None = None) -> NetworkPlan:
     """Pure: which interface, and which variables. Raises DiscoveryError or UsageError."""
     head_ip = check_ipv4(head_ip)
-    choice = choose_interface(discovery.interfaces, iface=iface, head_ip=head_ip,
-                              sysfs_root=discovery.sysfs_root)
+    choice = with_node_ip(choose_interface(discovery.interfaces, iface=iface, head_ip=head_ip,
+                                           sysfs_root=discovery.sysfs_root), node_ip)
     env = plan_environment(choice, discovery.interfaces, environ, head_ip=head_ip, force=force, extra=extra)
     return NetworkPlan(discovery, choice, env, head_ip)

@@ -21,6 +21,7 @@ def env_flag(value: str | None) -> bool:
 class Settings:
     iface: str | None = None  # SPARK_VLLM_IFACE
     head_ip: str | None = None  # SPARK_VLLM_HEAD_IP
+    node_ip: str | None = None  # SPARK_VLLM_NODE_IP
     sysfs_root: str = "/sys"  # SPARK_VLLM_SYSFS_ROOT
     simulate: bool = False  # SPARK_VLLM_SIMULATE=1
     token_file: str | None = None  # SPARK_VLLM_TOKEN_FILE
@@ -30,6 +31,7 @@ class Settings:
         return cls(
             iface=environ.get("SPARK_VLLM_IFACE") or None,
             head_ip=environ.get("SPARK_VLLM_HEAD_IP") or None,
+            node_ip=environ.get("SPARK_VLLM_NODE_IP") or None,
             sysfs_root=environ.get("SPARK_VLLM_SYSFS_ROOT") or "/sys",
             simulate=env_flag(environ.get("SPARK_VLLM_SIMULATE")),
             token_file=environ.get("SPARK_VLLM_TOKEN_FILE") or None,

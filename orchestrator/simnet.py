@@ -22,6 +22,7 @@ without touching a live one's.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
@@ -31,7 +32,7 @@ import signal
 import subprocess
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -98,6 +99,68 @@ class SimNode:
 
     def popen(self, *cmd: str, **kwargs) -> subprocess.Popen:
         return subprocess.Popen(self.argv(*cmd), **kwargs)
+
+    def cli_flags(self) -> tuple[str, ...]:
+        """What `spark-vllm` needs on this node to see it as a Spark."""
+        return ("--sysfs-root", self.sysfs_root)
+
+
+@dataclass(frozen=True)
+class LoopbackNode(SimNode):
+    """A simulated Spark without root: a loopback address (127.0.0.2, .3, ...) in this
+    machine's own namespace, on `lo`. Processes started through it are tracked so that
+    `LoopbackNetwork` can end them."""
+
+    procs: list = field(default_factory=list, compare=False, repr=False)
+
+    def argv(self, *cmd: str) -> list[str]:
+        return list(cmd)
+
+    def popen(self, *cmd: str, **kwargs) -> subprocess.Popen:
+        proc = subprocess.Popen(self.argv(*cmd), **kwargs)
+        self.procs.append(proc)
+        return proc
+
+    def cli_flags(self) -> tuple[str, ...]:
+        return ("--iface", "lo", "--node-ip", self.ip, "--sysfs-root", self.sysfs_root)
+
+
+class LoopbackNetwork:
+    """N simulated Sparks as 127.0.0.(2+i) on this machine's `lo`, for machines where
+    namespaces cannot be built (no root). Same use as SimNetwork; on exit every process
+    started through a node is ended, with everything under it."""
+
+    def __init__(self, nodes: int = 2, kill_grace_s: float = 5.0) -> None:
+        self.size, self.kill_grace_s = nodes, kill_grace_s
+        self.nodes: tuple[LoopbackNode, ...] = ()
+        self._tmp: str | None = None
+
+    def __enter__(self) -> "LoopbackNetwork":
+        self._tmp = tempfile.mkdtemp(prefix="spark-vllm-loopback-")  # an empty sysfs: no RoCE
+        self.nodes = tuple(LoopbackNode(i, "", "lo", f"127.0.0.{2 + i}", 8, self._tmp) for i in range(self.size))
+        return self
+
+    def __exit__(self, *exc) -> None:
+        procs = [p for node in self.nodes for p in node.procs]
+        tree = []
+        for p in procs:
+            try:
+                proc = psutil.Process(p.pid)
+                tree += [proc, *proc.children(recursive=True)]
+            except psutil.NoSuchProcess:
+                continue
+        for proc in tree:
+            with contextlib.suppress(psutil.Error):
+                proc.terminate()
+        _, alive = psutil.wait_procs(tree, timeout=self.kill_grace_s)
+        for proc in alive:
+            with contextlib.suppress(psutil.Error):
+                proc.kill()
+        for p in procs:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                p.wait(5)
+        if self._tmp:
+            shutil.rmtree(self._tmp, ignore_errors=True)
 
 
 class SimNetwork:

@@ -366,3 +366,21 @@ def test_terminate_graceful_and_forced():
         stubborn.kill()
         stubborn.stdout.close()
     assert runstate.terminate(finished_pid()) is True and not runstate.pid_alive(finished_pid())
+
+
+# --- --node-ip: several addresses on one port, or loopback stand-ins ------------------
+def test_node_ip_on_loopback_picks_role_by_address(make_iface):
+    lo = Discovery((make_iface("lo", "127.0.0.1/8", roce=(), speed=None),), "netlink")
+    head = plan_node(NodeRequest(iface="lo", node_ip="127.0.0.2", head_ip="127.0.0.2"), lo, {})
+    worker = plan_node(NodeRequest(iface="lo", node_ip="127.0.0.3", head_ip="127.0.0.2"), lo, {})
+    assert (head.role, head.cluster.node_ip) == ("head", "127.0.0.2")
+    assert (worker.role, worker.cluster.node_ip, worker.cluster.head_ip) == ("worker", "127.0.0.3", "127.0.0.2")
+    assert worker.network.env.as_dict()["VLLM_HOST_IP"] == "127.0.0.3"
+    assert "NCCL_IB_HCA" not in worker.network.env.as_dict()  # no RoCE device: NCCL uses sockets
+
+
+def test_node_ip_off_the_interface_subnet_is_refused(spark):
+    with pytest.raises(errors.UsageError, match="not on enp1s0f1np1's subnet"):
+        plan_node(NodeRequest(iface="enp1s0f1np1", node_ip="10.0.0.5"), spark, {})
+    with pytest.raises(errors.UsageError, match="--node-ip 'x' is not an IPv4 address"):
+        plan_node(NodeRequest(node_ip="x"), spark, {})

@@ -1,0 +1,32 @@
+"""`spark-vllm demo` end to end, in its loopback form (what a machine without root
+gets: 127.0.0.2 and .3 on `lo` in this namespace). The namespace form runs through
+the same `serving_cluster` in test_serve.py."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import psutil
+
+from conftest import REPO, clean_env
+from orchestrator.cluster import port_open
+
+
+def test_demo_loopback_serves_both_requests_and_leaves_nothing(tmp_path):
+    out = subprocess.run([sys.executable, "-m", "launch", "demo", "--loopback", "--json", "--keep", str(tmp_path)],
+                         capture_output=True, text=True, timeout=900, env=clean_env(), cwd=REPO)
+    assert out.returncode == 0, out.stderr[-3000:]
+    result = json.loads(out.stdout)
+    assert result["url"] == "http://127.0.0.2:8000/v1"
+    assert result["answers"]["chat"]["prompt"] == "12*17" and result["answers"]["chat"]["tokens"] == 32
+    assert result["answers"]["completion"]["prompt"] == "Write a haiku about a GPU"
+    assert result["answers"]["completion"]["tokens"] == 32
+    assert "loopback addresses stand in" in out.stderr and "TP 2 x PP 1" in out.stderr
+    assert {"model", "cluster_and_engine", "requests", "stop", "total"} <= set(result["timings_s"])
+    # Nothing left: the server and both Ray nodes are gone, no process runs from the demo's folder.
+    assert not port_open("127.0.0.2", 8000, 1) and not port_open("127.0.0.2", 6379, 1)
+    leftovers = [p.pid for p in psutil.process_iter(["cmdline"])
+                 if any(str(tmp_path) in part for part in (p.info["cmdline"] or []))]
+    assert leftovers == []
