@@ -15,35 +15,12 @@ import sys
 from orchestrator import __version__, errors
 from orchestrator.settings import Settings
 
+from . import clustercmd, democmd, netcmd, servecmd
+from .exitcodes import exit_code_for
+
 log = logging.getLogger("spark_vllm")
 
-from . import clustercmd, democmd, netcmd, servecmd
-
-# First match wins: subclasses before their families. Documented in the README.
-EXIT_CODES: list[tuple[type[BaseException], int]] = [
-    (errors.Stopped, 0),
-    (errors.Interrupted, 130),
-    (errors.BadServeFlags, 2),
-    (errors.UsageError, 2),
-    (errors.DiscoveryError, 3),
-    (errors.HeadUnreachable, 4),
-    (errors.WrongSubnet, 4),
-    (errors.ClusterIncomplete, 5),
-    (errors.VersionSkew, 6),
-    (errors.NodeLost, 7),
-    (errors.ClusterError, 4),
-    (errors.NotEnoughGpus, 8),
-    (errors.ModelNotFound, 9),
-    (errors.ServeError, 10),
-    (errors.SimulationError, 11),
-    (errors.SparkVllmError, 1),
-]
-
 COMMANDS = (netcmd, clustercmd, servecmd, democmd)
-
-
-def exit_code_for(exc: BaseException) -> int:
-    return next((code for kind, code in EXIT_CODES if isinstance(exc, kind)), 1)
 
 
 class Parser(argparse.ArgumentParser):

@@ -7,18 +7,19 @@ import contextlib
 import logging
 import os
 import signal
-import urllib.error
-import urllib.request
 
 from orchestrator import cluster, runstate
 from orchestrator.auth import ensure_token, plan_auth
 from orchestrator.bootstrap import NodePlan, NodeRequest, bring_up, plan_node
 from orchestrator.cluster import ClusterOptions
 from orchestrator.discovery import discover
-from orchestrator.errors import ClusterError, Stopped, UsageError
+from orchestrator.errors import ClusterError, ClusterIncomplete, Stopped, UsageError
+from orchestrator.health import health_state
+from orchestrator.netplan import plan_network
 from orchestrator.nodes import ClusterState
 from orchestrator.settings import Settings
 
+from .exitcodes import exit_code_for
 from .options import add_json, add_network_options, print_json, table
 
 log = logging.getLogger("spark_vllm")
@@ -168,20 +169,8 @@ def run_worker_plan(plan: NodePlan) -> int:
     return 0
 
 
-def server_health(url: str) -> str:
-    try:
-        with urllib.request.urlopen(url.rstrip("/") + "/health", timeout=3) as r:
-            return "healthy" if r.status == 200 else f"HTTP {r.status}"
-    except urllib.error.HTTPError as e:
-        return f"unhealthy (HTTP {e.code})"
-    except OSError:
-        return "not running"
-
-
 def run_status(args: argparse.Namespace, settings: Settings) -> int:
     found = discover(args.sysfs_root)
-    from orchestrator.netplan import plan_network
-
     net = plan_network(found, os.environ, iface=args.iface, head_ip=args.head_ip, node_ip=args.node_ip)
     head_ip = net.head_ip or net.node_ip
     address = cluster.attach_address(os.environ) or f"{head_ip}:{args.ray_port}"
@@ -197,7 +186,7 @@ def run_status(args: argparse.Namespace, settings: Settings) -> int:
     finally:
         shutdown_driver()
     url = args.server_url or f"http://{head_ip}:8000"
-    health = server_health(url)
+    health = health_state(url.rstrip("/") + "/health")
     if args.json:
         print_json({"nodes": [n.to_json() for n in state.nodes], "complete": state.complete,
                     "gpu_nodes": len(state.gpu_nodes), "want": args.nodes, "gpus": state.gpus,
@@ -208,7 +197,7 @@ def run_status(args: argparse.Namespace, settings: Settings) -> int:
         print(table(rows, ["NODE", "ROLE", "STATE", "GPUS"]))
         print(f"\ncluster: {'complete' if state.complete else 'INCOMPLETE'} ({state.summary()})")
         print(f"server:  {url} {health}")
-    return 0 if state.complete else 1
+    return 0 if state.complete else exit_code_for(ClusterIncomplete(state.summary()))
 
 
 def run_stop(args: argparse.Namespace, settings: Settings) -> int:

@@ -15,7 +15,7 @@ import os
 import threading
 import time
 
-from orchestrator import cluster, serving
+from orchestrator import cluster, health, serving
 from orchestrator.bootstrap import SIMULATE_VAR, NodePlan, apply_environment
 from orchestrator.compat import load_vllm_api
 from orchestrator.settings import Settings
@@ -76,8 +76,8 @@ def run_serve(args: argparse.Namespace, settings: Settings) -> int:
         log.info("cluster ready in %.1f s; starting vLLM with %s", t_cluster, par.describe())
         public = f"http://{plan.cluster.node_ip}:{vargs.port}/v1"
         stop = threading.Event()
-        serving.announce_when_ready(
-            serving.health_url(vargs),
+        health.announce_when_ready(
+            health.local_health_url(vargs.host, vargs.port),
             lambda s: log.info("ready: %s serves %s (cluster %.1f s, engine %.1f s)",
                                public, vargs.served_model_name or [model], t_cluster, s),
             stop,

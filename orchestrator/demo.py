@@ -56,6 +56,7 @@ class NodeRun:
     log_path: Path
     on_line: Callable[[str, str], None]
     ready: threading.Event = field(default_factory=threading.Event)
+    joined: threading.Event = field(default_factory=threading.Event)
 
     def __post_init__(self) -> None:
         threading.Thread(target=self._pump, name=f"demo-{self.label}", daemon=True).start()
@@ -69,6 +70,8 @@ class NodeRun:
                     self.on_line(self.label, line.rstrip()[len("spark-vllm: "):])
                     if line.startswith("spark-vllm: ready:"):
                         self.ready.set()
+                    elif line.startswith("spark-vllm: joined the cluster"):
+                        self.joined.set()
 
     def tail(self, n: int = 15) -> str:
         try:
@@ -77,17 +80,18 @@ class NodeRun:
             return ""
 
 
-def wait_ready(head: NodeRun, others: list[NodeRun], timeout: float) -> float:
-    """Until the head announces ready; fails at once when any node's process ends."""
+def wait_ready(head: NodeRun, others: list[NodeRun], timeout: float, event: str = "ready") -> float:
+    """Until `head` announces `event` (ready, or joined); fails at once when any node's
+    process ends."""
     start = time.monotonic()
-    while not head.ready.wait(0.5):
+    while not getattr(head, event).wait(0.5):
         for run in [head, *others]:
             if run.proc.poll() is not None:
                 raise SimulationError(
                     f"the {run.label} exited with code {run.proc.returncode} before the server was ready; "
                     f"last lines:\n{run.tail()}", f"full log: {run.log_path}")
         if time.monotonic() - start > timeout:
-            raise SimulationError(f"the server was not ready after {timeout:g} s; head's last lines:\n{head.tail()}",
+            raise SimulationError(f"the {head.label} was not {event} after {timeout:g} s; last lines:\n{head.tail()}",
                                   f"full log: {head.log_path}")
     return time.monotonic() - start
 
@@ -143,13 +147,18 @@ def serving_cluster(workdir: Path, model: str, on_line: Callable[[str, str], Non
 
         head = start("head", head_node, model, "--port", str(PORT), "--wait-timeout", "180",
                      *SIM_VLLM_FLAGS, *flags)
-        workers = tuple(start(f"worker{i}" if nodes > 2 else "worker", n, "--head-ip", head_node.ip)
-                        for i, n in enumerate(worker_nodes, 1))
-        runs = (head, *workers)
+        workers: list[NodeRun] = []
         try:
-            ready = wait_ready(head, list(workers), timeout)
-            yield SimCluster(net, head, workers, f"http://{head_node.ip}:{PORT}", ready)
+            for i, node in enumerate(worker_nodes, 1):
+                workers.append(start(f"worker{i}" if nodes > 2 else "worker", node, "--head-ip", head_node.ip))
+                if nodes > 2:
+                    # One at a time: several raylets registering at once on 2 cores overrun
+                    # Ray's fixed 30 s startup wait (a simulation limit, not a Spark one).
+                    wait_ready(workers[-1], [head, *workers[:-1]], timeout, event="joined")
+            ready = wait_ready(head, workers, timeout)
+            yield SimCluster(net, head, tuple(workers), f"http://{head_node.ip}:{PORT}", ready)
         finally:
+            runs = (head, *workers)
             t = time.monotonic()
             codes = [stop_run(r) for r in runs]
             # Workers leave on their own when the head goes (exit 7, what a restart policy sees).

@@ -14,9 +14,6 @@ import contextlib
 import io
 import logging
 import os
-import threading
-import time
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -115,35 +112,6 @@ def fill_unset(args: argparse.Namespace, par: Parallelism) -> argparse.Namespace
     if hasattr(args, "shutdown_timeout") and args.shutdown_timeout is None:
         args.shutdown_timeout = DRAIN_SECONDS
     return args
-
-
-def health_url(args: argparse.Namespace) -> str:
-    host = args.host if args.host not in (None, "", "0.0.0.0", "::") else "127.0.0.1"
-    return f"http://{host}:{args.port}/health"
-
-
-def health_ok(url: str, timeout: float = 2.0) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as r:
-            return r.status == 200
-    except OSError:
-        return False
-
-
-def announce_when_ready(url: str, on_ready, stop: threading.Event, poll: float = 0.5) -> threading.Thread:
-    """Background watcher: calls on_ready(seconds) once /health answers 200."""
-    start = time.monotonic()
-
-    def watch():
-        while not stop.is_set():
-            if health_ok(url):
-                on_ready(time.monotonic() - start)
-                return
-            stop.wait(poll)
-
-    t = threading.Thread(target=watch, name="spark-vllm-ready", daemon=True)
-    t.start()
-    return t
 
 
 def run_server(api: VllmApi, args: argparse.Namespace) -> None:

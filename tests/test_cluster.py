@@ -241,7 +241,7 @@ def test_stop_worker_then_head_leaves_nothing(cluster):
     s.assert_nothing_left(s.worker_node)
 
     r, out = s.status(s.head_node)
-    assert r.returncode == 1 and out["complete"] is False  # the head alone: 1 of 2
+    assert r.returncode == 5 and out["complete"] is False  # the head alone: 1 of 2
     assert [n["ip"] for n in out["nodes"] if n["alive"]] == [HEAD_IP]
 
     r = s.stop(s.head_node)
@@ -331,7 +331,7 @@ def test_killed_worker_seen_gone_by_the_head(sparks):
             os.kill(pid, signal.SIGKILL)
     head.wait_for(f"node {WORKER_IP} left the cluster", timeout=60)
     r, out = sparks.status(sparks.head_node)
-    assert r.returncode == 1 and out["complete"] is False and out["gpu_nodes"] == 1, r.stderr
+    assert r.returncode == 5 and out["complete"] is False and out["gpu_nodes"] == 1, r.stderr
     assert all(not n["alive"] for n in out["nodes"] if n["ip"] == WORKER_IP)
     assert head.proc.poll() is None  # the head stays up, waiting for the node to come back
 

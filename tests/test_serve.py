@@ -6,6 +6,7 @@ must fail in seconds, before Ray or the engine start, and leave nothing behind."
 from __future__ import annotations
 
 import json
+import subprocess
 import sys
 import textwrap
 import time
@@ -176,3 +177,29 @@ def test_tp_larger_than_the_cluster_fails_at_once(one, model):
     assert "TP 4 x PP 1 needs 4 GPUs but the cluster has 1" in line
     assert took < 90  # not vLLM's 30-minute placement-group wait
     assert simnet.pids(one.netns) == []
+
+
+def test_serve_attaches_to_an_existing_cluster_and_starts_no_node(one, model, tmp_path):
+    """With RAY_ADDRESS (as inside `ray job submit`) serve joins the running cluster as a
+    driver: no Ray node of its own. TP 4 on the head's single GPU then fails at once,
+    and the cluster it attached to keeps running."""
+    env = clean_env(SPARK_VLLM_RUN_DIR=str(tmp_path))
+    head = one.popen(sys.executable, "-m", "launch", "head", "--simulate", "--nodes", "1",
+                     "--sysfs-root", one.sysfs_root, env=env, cwd=REPO,
+                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 90
+        while not (tmp_path / f"node-{one.ip}.json").exists():
+            assert head.poll() is None and time.monotonic() < deadline, "the head did not start"
+            time.sleep(0.5)
+        out = one.run(sys.executable, "-m", "launch", "serve", model, "--simulate", "--nodes", "1",
+                      "--tensor-parallel-size", "4", "--sysfs-root", one.sysfs_root, capture_output=True,
+                      text=True, timeout=120, cwd=REPO, env={**env, "RAY_ADDRESS": f"{one.ip}:6379"})
+        line = assert_one_line_error(out, 8)
+        assert "attaching to the Ray cluster" in out.stderr and "Ray head started" not in out.stderr
+        assert "needs 4 GPUs but the cluster has 1" in line
+        assert head.poll() is None  # the cluster it attached to is still up
+        assert [p.name for p in tmp_path.iterdir()] == [f"node-{one.ip}.json"]  # serve ran no node
+    finally:
+        head.terminate()
+        assert head.wait(60) == 0

@@ -1,0 +1,30 @@
+"""The one table from error families to exit codes (documented in the README)."""
+
+from __future__ import annotations
+
+from orchestrator import errors
+
+# First match wins: subclasses before their families. Documented in the README.
+EXIT_CODES: list[tuple[type[BaseException], int]] = [
+    (errors.Stopped, 0),
+    (errors.Interrupted, 130),
+    (errors.BadServeFlags, 2),
+    (errors.UsageError, 2),
+    (errors.DiscoveryError, 3),
+    (errors.HeadUnreachable, 4),
+    (errors.WrongSubnet, 4),
+    (errors.ClusterIncomplete, 5),
+    (errors.VersionSkew, 6),
+    (errors.NodeLost, 7),
+    (errors.ClusterError, 4),
+    (errors.NotEnoughGpus, 8),
+    (errors.ModelNotFound, 9),
+    (errors.ServeError, 10),
+    (errors.SimulationError, 11),
+    (errors.SparkVllmError, 1),
+]
+
+
+
+def exit_code_for(exc: BaseException) -> int:
+    return next((code for kind, code in EXIT_CODES if isinstance(exc, kind)), 1)
