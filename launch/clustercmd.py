@@ -111,7 +111,7 @@ def running_node(plan: NodePlan):
     with sigterm_stops():
         node = bring_up(plan)
         directory = runstate.run_dir(os.environ)
-        runstate.write_record(directory, runstate.RunRecord(os.getpid(), plan.role, plan.cluster.node_ip, node.address))
+        mark(plan, node, "running")
         try:
             yield node
         finally:
@@ -120,6 +120,13 @@ def running_node(plan: NodePlan):
             shutdown_driver()
             node.stop()
             runstate.remove_record(directory, plan.cluster.node_ip, os.getpid())
+
+
+def mark(plan: NodePlan, node, state: str) -> None:
+    """Record this node's process and state for `spark-vllm stop` (no record when attached)."""
+    if node is not None:
+        runstate.write_record(runstate.run_dir(os.environ), runstate.RunRecord(
+            os.getpid(), plan.role, plan.cluster.node_ip, node.address, state))
 
 
 def shutdown_driver() -> None:
@@ -203,11 +210,16 @@ def run_status(args: argparse.Namespace, settings: Settings) -> int:
 def run_stop(args: argparse.Namespace, settings: Settings) -> int:
     found = discover(args.sysfs_root)
     addresses = [a for i in found.interfaces for a in i.addresses] + ([args.node_ip] if args.node_ip else [])
-    records = runstate.records_for(runstate.run_dir(os.environ), addresses)
+    directory = runstate.run_dir(os.environ)
+    records = runstate.records_for(directory, addresses)
     if not records:
         log.info("no spark-vllm node runs on this machine")
         return 0
     for rec in records:
+        if rec.state == "engine-starting":
+            log.info("vLLM's engine on %s is still starting and would miss a stop signal now; "
+                     "stopping it once it is up (at most %g s)", rec.node_ip, args.timeout)
+            rec = runstate.wait_while_starting(directory, rec, args.timeout)
         log.info("stopping the %s on %s (pid %d)", rec.role, rec.node_ip, rec.pid)
         if not runstate.terminate(rec.pid, args.timeout):
             log.warning("pid %d did not stop within %g s and was killed", rec.pid, args.timeout)

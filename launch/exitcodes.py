@@ -7,7 +7,6 @@ from orchestrator import errors
 # First match wins: subclasses before their families. Documented in the README.
 EXIT_CODES: list[tuple[type[BaseException], int]] = [
     (errors.Stopped, 0),
-    (errors.Interrupted, 130),
     (errors.BadServeFlags, 2),
     (errors.UsageError, 2),
     (errors.DiscoveryError, 3),

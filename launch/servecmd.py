@@ -20,7 +20,8 @@ from orchestrator.bootstrap import SIMULATE_VAR, NodePlan, apply_environment
 from orchestrator.compat import load_vllm_api
 from orchestrator.settings import Settings
 
-from .clustercmd import add_cluster_options, form_cluster, make_plan, run_worker_plan, running_node, sigterm_stops
+from .clustercmd import (add_cluster_options, form_cluster, make_plan, mark, run_worker_plan, running_node,
+                         sigterm_stops)
 from .options import add_network_options
 
 log = logging.getLogger("spark_vllm")
@@ -75,13 +76,15 @@ def run_serve(args: argparse.Namespace, settings: Settings) -> int:
         t_cluster = time.monotonic() - t0
         log.info("cluster ready in %.1f s; starting vLLM with %s", t_cluster, par.describe())
         public = f"http://{plan.cluster.node_ip}:{vargs.port}/v1"
+
+        def on_ready(seconds: float) -> None:
+            mark(plan, node, "serving")
+            log.info("ready: %s serves %s (cluster %.1f s, engine %.1f s)",
+                     public, vargs.served_model_name or [model], t_cluster, seconds)
+
         stop = threading.Event()
-        health.announce_when_ready(
-            health.local_health_url(vargs.host, vargs.port),
-            lambda s: log.info("ready: %s serves %s (cluster %.1f s, engine %.1f s)",
-                               public, vargs.served_model_name or [model], t_cluster, s),
-            stop,
-        )
+        mark(plan, node, "engine-starting")
+        health.announce_when_ready(health.local_health_url(vargs.host, vargs.port), on_ready, stop)
         try:
             serving.run_server(api, vargs)
         finally:

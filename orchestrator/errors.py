@@ -95,9 +95,9 @@ class SimulationError(SparkVllmError):
     """The simulated Sparks (namespaces, tiny model) could not be built."""
 
 
-class Interrupted(SparkVllmError):
-    """Ctrl-C or SIGTERM: a graceful exit, not a failure."""
+class Stopped(BaseException):
+    """SIGTERM (e.g. `spark-vllm stop`, `docker stop`): a clean stop, exit 0.
 
-
-class Stopped(Interrupted):
-    """SIGTERM (e.g. `spark-vllm stop`, `docker stop`): a clean stop, exit 0."""
+    A BaseException, like KeyboardInterrupt, on purpose: raised by the signal handler
+    wherever the main thread is, it must not be swallowed by an `except Exception`
+    in vLLM's or Ray's startup code."""

@@ -21,6 +21,9 @@ class RunRecord:
     role: str
     node_ip: str
     gcs_address: str
+    # "running"; on a serving head "engine-starting" until vLLM answers /health, when
+    # vLLM (0.32) loses a SIGTERM, then "serving".
+    state: str = "running"
 
 
 def run_dir(environ: Mapping[str, str]) -> Path:
@@ -32,10 +35,20 @@ def record_path(directory: Path, node_ip: str) -> Path:
 
 
 def write_record(directory: Path, record: RunRecord) -> Path:
+    """Atomically (`stop` may read it at any moment)."""
     directory.mkdir(parents=True, exist_ok=True)
     path = record_path(directory, record.node_ip)
-    path.write_text(json.dumps(asdict(record)))
+    tmp = path.with_suffix(f".{record.pid}.tmp")
+    tmp.write_text(json.dumps(asdict(record)))
+    tmp.replace(path)
     return path
+
+
+def read_record(directory: Path, node_ip: str) -> RunRecord | None:
+    try:
+        return RunRecord(**json.loads(record_path(directory, node_ip).read_text()))
+    except (OSError, ValueError, TypeError):
+        return None
 
 
 def remove_record(directory: Path, node_ip: str, pid: int) -> None:
@@ -49,15 +62,17 @@ def remove_record(directory: Path, node_ip: str, pid: int) -> None:
 
 def records_for(directory: Path, addresses: Iterable[str]) -> list[RunRecord]:
     """Records of nodes on these addresses whose process still runs."""
-    found = []
-    for ip in addresses:
-        try:
-            rec = RunRecord(**json.loads(record_path(directory, ip).read_text()))
-        except (OSError, ValueError, TypeError):
-            continue
-        if pid_alive(rec.pid):
-            found.append(rec)
-    return found
+    records = (read_record(directory, ip) for ip in addresses)
+    return [rec for rec in records if rec is not None and pid_alive(rec.pid)]
+
+
+def wait_while_starting(directory: Path, record: RunRecord, timeout: float, poll: float = 0.5) -> RunRecord:
+    """Until the record leaves "engine-starting" (or its process ends, or `timeout`)."""
+    deadline = time.monotonic() + timeout
+    while record.state == "engine-starting" and pid_alive(record.pid) and time.monotonic() < deadline:
+        time.sleep(poll)
+        record = read_record(directory, record.node_ip) or record
+    return record
 
 
 def pid_alive(pid: int) -> bool:

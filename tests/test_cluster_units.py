@@ -3,6 +3,7 @@ plan, Ray's parameters, the node's role, and the run records of `spark-vllm stop
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 import socket
@@ -384,3 +385,13 @@ def test_node_ip_off_the_interface_subnet_is_refused(spark):
         plan_node(NodeRequest(iface="enp1s0f1np1", node_ip="10.0.0.5"), spark, {})
     with pytest.raises(errors.UsageError, match="--node-ip 'x' is not an IPv4 address"):
         plan_node(NodeRequest(node_ip="x"), spark, {})
+
+
+def test_run_record_state_and_wait_while_starting(tmp_path):
+    rec = runstate.RunRecord(os.getpid(), "head", "192.168.100.10", "192.168.100.10:6379", "engine-starting")
+    runstate.write_record(tmp_path, rec)
+    assert runstate.read_record(tmp_path, rec.node_ip) == rec
+    assert runstate.wait_while_starting(tmp_path, rec, timeout=0.3, poll=0.05).state == "engine-starting"
+    runstate.write_record(tmp_path, dataclasses.replace(rec, state="serving"))
+    assert runstate.wait_while_starting(tmp_path, rec, timeout=5, poll=0.05).state == "serving"
+    assert [p.name for p in tmp_path.iterdir()] == ["node-192.168.100.10.json"]  # no temp file left

@@ -186,7 +186,7 @@ def test_serve_attaches_to_an_existing_cluster_and_starts_no_node(one, model, tm
     env = clean_env(SPARK_VLLM_RUN_DIR=str(tmp_path))
     head = one.popen(sys.executable, "-m", "launch", "head", "--simulate", "--nodes", "1",
                      "--sysfs-root", one.sysfs_root, env=env, cwd=REPO,
-                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 90
         while not (tmp_path / f"node-{one.ip}.json").exists():
@@ -203,3 +203,29 @@ def test_serve_attaches_to_an_existing_cluster_and_starts_no_node(one, model, tm
     finally:
         head.terminate()
         assert head.wait(60) == 0
+
+
+def test_stop_while_the_engine_builds_waits_for_it_then_stops_cleanly(one, model, tmp_path):
+    """vLLM 0.32 loses a SIGTERM that arrives while its engine builds; `spark-vllm stop`
+    sees the head's "engine-starting" state, waits until vLLM is up, then stops it."""
+    env = clean_env(SPARK_VLLM_RUN_DIR=str(tmp_path))
+    head = one.popen(sys.executable, "-m", "launch", "serve", model, "--simulate", "--nodes", "1",
+                     "--sysfs-root", one.sysfs_root, "--max-model-len", "512", "--kv-cache-memory-bytes",
+                     str(64 << 20), env=env, cwd=REPO, stdout=subprocess.DEVNULL,
+                     stderr=open(tmp_path / "head.log", "w"))  # a file: an unread pipe would fill and block
+    try:
+        record = tmp_path / f"node-{one.ip}.json"
+        deadline = time.monotonic() + 120
+        while not (record.exists() and json.loads(record.read_text())["state"] == "engine-starting"):
+            assert head.poll() is None and time.monotonic() < deadline, "the engine never started"
+            time.sleep(0.2)
+        out = one.run(sys.executable, "-m", "launch", "stop", "--sysfs-root", one.sysfs_root, "--timeout", "240",
+                      capture_output=True, text=True, timeout=300, env=env, cwd=REPO)
+        assert out.returncode == 0, out.stderr
+        assert "still starting" in out.stderr and "was killed" not in out.stderr
+        assert head.wait(60) == 0
+        assert "ready:" in (tmp_path / "head.log").read_text()
+        assert not record.exists()
+    finally:
+        if head.poll() is None:
+            head.kill()
