@@ -12,7 +12,6 @@ from orchestrator import cluster, runstate
 from orchestrator.auth import ensure_token, plan_auth
 from orchestrator.bootstrap import NodePlan, NodeRequest, bring_up, plan_node
 from orchestrator.cluster import ClusterOptions
-from orchestrator.discovery import discover
 from orchestrator.errors import ClusterError, ClusterIncomplete, Stopped, UsageError
 from orchestrator.health import health_state
 from orchestrator.netplan import plan_network
@@ -20,7 +19,7 @@ from orchestrator.nodes import ClusterState
 from orchestrator.settings import Settings
 
 from .exitcodes import exit_code_for
-from .options import add_json, add_network_options, print_json, table
+from .options import add_json, add_network_options, discover_here, print_json, table
 
 log = logging.getLogger("spark_vllm")
 
@@ -86,9 +85,7 @@ def node_request(args: argparse.Namespace) -> NodeRequest:
 
 
 def make_plan(args: argparse.Namespace) -> NodePlan:
-    found = discover(args.sysfs_root)
-    for note in found.notes:
-        log.warning(note)
+    found = discover_here(args)
     return plan_node(node_request(args), found, os.environ)
 
 
@@ -177,7 +174,7 @@ def run_worker_plan(plan: NodePlan) -> int:
 
 
 def run_status(args: argparse.Namespace, settings: Settings) -> int:
-    found = discover(args.sysfs_root)
+    found = discover_here(args)
     net = plan_network(found, os.environ, iface=args.iface, head_ip=args.head_ip, node_ip=args.node_ip)
     head_ip = net.head_ip or net.node_ip
     address = cluster.attach_address(os.environ) or f"{head_ip}:{args.ray_port}"
@@ -208,7 +205,7 @@ def run_status(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def run_stop(args: argparse.Namespace, settings: Settings) -> int:
-    found = discover(args.sysfs_root)
+    found = discover_here(args)
     addresses = [a for i in found.interfaces for a in i.addresses] + ([args.node_ip] if args.node_ip else [])
     directory = runstate.run_dir(os.environ)
     records = runstate.records_for(directory, addresses)

@@ -7,13 +7,13 @@ import logging
 import os
 
 from orchestrator.commenv import shell_lines
-from orchestrator.discovery import Discovery, discover
+from orchestrator.discovery import Discovery
 from orchestrator.errors import DiscoveryError
 from orchestrator.netplan import NetworkPlan, check_ipv4, plan_network, with_node_ip
 from orchestrator.selection import Choice, choose_interface
 from orchestrator.settings import Settings
 
-from .options import add_json, add_network_options, print_json, table
+from .options import add_json, add_network_options, discover_here, print_json, table
 
 log = logging.getLogger("spark_vllm")
 
@@ -33,18 +33,14 @@ def register(sub, settings: Settings) -> None:
 
 
 def network_plan(args: argparse.Namespace) -> NetworkPlan:
-    found = discover(args.sysfs_root)
-    for note in found.notes:
-        log.warning(note)
+    found = discover_here(args)
     return plan_network(found, os.environ, iface=args.iface, head_ip=args.head_ip, force=args.force,
                         node_ip=args.node_ip)
 
 
 def run_net(args: argparse.Namespace, settings: Settings) -> int:
     """The table is printed even when no interface can be chosen; the error follows."""
-    found = discover(args.sysfs_root)
-    for note in found.notes:
-        log.warning(note)
+    found = discover_here(args)
     try:
         choice = choose_interface(found.interfaces, args.iface, check_ipv4(args.head_ip), found.sysfs_root)
         choice, failure = with_node_ip(choice, args.node_ip), None

@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 
+from orchestrator.discovery import Discovery, discover
 from orchestrator.settings import Settings
+
+log = logging.getLogger("spark_vllm")
 
 
 def add_network_options(p: argparse.ArgumentParser, settings: Settings) -> None:
@@ -21,6 +25,14 @@ def add_network_options(p: argparse.ArgumentParser, settings: Settings) -> None:
                    help="sysfs root to read RoCE devices from (env SPARK_VLLM_SYSFS_ROOT; default /sys)")
     g.add_argument("--force", action="store_true",
                    help="override communication variables already set in the environment")
+
+
+def discover_here(args: argparse.Namespace) -> Discovery:
+    """This machine's interfaces, with a warning for each note (e.g. the netifaces fallback)."""
+    found = discover(args.sysfs_root)
+    for note in found.notes:
+        log.warning(note)
+    return found
 
 
 def add_json(p: argparse.ArgumentParser) -> None:
