@@ -14,7 +14,6 @@ from typing import Mapping, MutableMapping
 
 from .auth import AuthPlan, ensure_token, plan_auth
 from .cluster import ClusterOptions, RayNode, check_head_subnet, wait_for_port
-from .commenv import apply_plan
 from .discovery import Discovery
 from .errors import UsageError
 from .netplan import NetworkPlan, plan_network
@@ -68,8 +67,7 @@ def plan_node(req: NodeRequest, discovery: Discovery, environ: Mapping[str, str]
 
 
 def apply_environment(plan: NodePlan, environ: MutableMapping[str, str]) -> None:
-    apply_plan(plan.network.env, environ)
-    environ.update(plan.auth.env)
+    environ.update(plan.environment())
 
 
 def bring_up(plan: NodePlan, environ: MutableMapping[str, str] = os.environ) -> RayNode:

@@ -27,7 +27,6 @@ from .versions import compare, local_report, skew_table
 log = logging.getLogger("spark_vllm")
 
 DEFAULT_PORT = 6379
-ATTACH_VARS = ("RAY_ADDRESS", "RAY_JOB_CONFIG_JSON_ENV_VAR")
 
 
 @dataclass(frozen=True)
@@ -203,6 +202,15 @@ def cluster_state(want: int) -> ClusterState:
     return ClusterState(parse_nodes(ray.nodes()), want)
 
 
+def log_changes(before: ClusterState | None, now: ClusterState) -> None:
+    """One line per node that joined or left between two looks at the cluster."""
+    for n in newly_joined(before, now):
+        log.info("node %s joined (%g GPU%s) - %d of %d GPU nodes",
+                 n.ip, n.gpus, "" if n.gpus == 1 else "s", len(now.gpu_nodes), now.want)
+    for n in newly_lost(before, now):
+        log.warning("node %s left the cluster (%s)", n.ip, now.summary())
+
+
 def wait_for_nodes(want: int, timeout: float, poll: float = 0.25,
                    alive: Callable[[], list[str]] = lambda: []) -> ClusterState:
     """Block until `want` alive GPU nodes are in the cluster; log each join.
@@ -213,11 +221,7 @@ def wait_for_nodes(want: int, timeout: float, poll: float = 0.25,
     start, state, last_log = time.monotonic(), None, 0.0
     while True:
         now_state = cluster_state(want)
-        for n in newly_joined(state, now_state):
-            log.info("node %s joined (%g GPU%s) - %d of %d GPU nodes",
-                     n.ip, n.gpus, "" if n.gpus == 1 else "s", len(now_state.gpu_nodes), want)
-        for n in newly_lost(state, now_state):
-            log.warning("node %s left the cluster", n.ip)
+        log_changes(state, now_state)
         state = now_state
         if state.complete:
             return state
@@ -300,9 +304,6 @@ def watch_head(node: RayNode, want: int, poll: float = 1.0) -> None:
             raise NodeLost(f"the head's Ray processes died: {', '.join(dead)}",
                            "see /tmp/ray/session_latest/logs")
         now = cluster_state(want)
-        for n in newly_lost(state, now):
-            log.warning("node %s left the cluster (%s)", n.ip, now.summary())
-        for n in newly_joined(state, now):
-            log.info("node %s joined (%s)", n.ip, now.summary())
+        log_changes(state, now)
         state = now
         time.sleep(poll)

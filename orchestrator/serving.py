@@ -1,9 +1,10 @@
 """Serving: vLLM's OpenAI server in this process, tensor parallel over the Ray cluster.
 
 `parse_serve_args` runs vLLM's own parser and validation (a bad flag fails in a
-second, before Ray starts); `fill_parallelism` is the pure decision of TP/PP and
-the executor backend against the cluster's GPUs; `run_server` hands the args to
-vLLM under uvloop in the main thread (vLLM installs its signal handlers there).
+second, before Ray starts); `plan_parallelism` is the pure decision of TP/PP and
+the executor backend against the cluster's GPUs, and `fill_unset` writes it;
+`run_server` hands the args to vLLM under uvloop in the main thread (vLLM installs
+its signal handlers there).
 Every `vllm serve` flag passes through untouched; only the unset ones are filled.
 """
 
@@ -12,15 +13,12 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
-import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
 from .compat import VllmApi
 from .errors import BadServeFlags, EngineFailed, ModelNotFound, NotEnoughGpus
-
-log = logging.getLogger("spark_vllm")
 
 
 def looks_like_path(model: str) -> bool:
