@@ -1,6 +1,6 @@
 """Discovery time: spark-vllm in-process against the playbook's shell pipeline.
 
-Both run inside one simulated Spark (a network namespace from `orchestrator.simnet`,
+Both run inside one simulated Spark (a network namespace from `orchestrator.sim.netns`,
 so the interface and RoCE names are the real ones) in the same run:
 
 - in-process: `discover` (one netlink dump + the sysfs RoCE walk) + `choose_interface`
@@ -59,8 +59,8 @@ def summary(seconds: list[float]) -> dict:
 
 def inside(sysfs_root: str, runs: int, cli_runs: int) -> dict:
     """Runs in the simulated Spark's namespace; returns the measurements."""
-    from orchestrator.discovery import discover
-    from orchestrator.netplan import plan_network
+    from orchestrator.net.discovery import discover
+    from orchestrator.net.plan import plan_network
 
     environ: dict[str, str] = {}
 
@@ -110,14 +110,14 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(inside(args.inside, args.runs, args.cli_runs)))
         return 0
 
-    from orchestrator import simnet
+    from orchestrator.sim import netns
 
-    reason = simnet.available()
+    reason = netns.available()
     if reason:
         print(f"benchmarks.discovery: {reason}", file=sys.stderr)
         return 1
-    simnet.cleanup_stale("svbench")
-    with simnet.SimNetwork(nodes=2, prefix="svbench") as net:
+    netns.cleanup_stale("svbench")
+    with netns.SimNetwork(nodes=2, prefix="svbench") as net:
         net.add_twin()
         net.add_management()  # a whole Spark: port, twin, management with the default route
         node = net.nodes[0]

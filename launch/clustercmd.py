@@ -8,14 +8,14 @@ import logging
 import os
 import signal
 
-from orchestrator import cluster, runstate
-from orchestrator.auth import ensure_token, plan_auth
-from orchestrator.bootstrap import NodePlan, NodeRequest, bring_up, plan_node
-from orchestrator.cluster import ClusterOptions
+from orchestrator.cluster import membership, ray_node, runstate, versions
+from orchestrator.cluster.auth import ensure_token, plan_auth
+from orchestrator.cluster.bootstrap import NodePlan, NodeRequest, bring_up, plan_node
+from orchestrator.cluster.ray_node import ClusterOptions
 from orchestrator.errors import ClusterError, ClusterIncomplete, Stopped, UsageError
-from orchestrator.health import health_state
-from orchestrator.netplan import plan_network
-from orchestrator.nodes import ClusterState
+from orchestrator.serve.health import health_state
+from orchestrator.net.plan import plan_network
+from orchestrator.cluster.nodes import ClusterState
 from orchestrator.settings import Settings
 
 from .exitcodes import exit_code_for
@@ -33,7 +33,7 @@ def add_cluster_options(p: argparse.ArgumentParser, settings: Settings) -> None:
                    help="worker: seconds to wait for the head to answer (default 120)")
     g.add_argument("--num-gpus", type=int, default=None, help="GPUs of this node (default: detected)")
     g.add_argument("--num-cpus", type=int, default=None, help="CPUs of this node for Ray (default: detected)")
-    g.add_argument("--ray-port", type=int, default=cluster.DEFAULT_PORT, help="Ray GCS port (default 6379)")
+    g.add_argument("--ray-port", type=int, default=ray_node.DEFAULT_PORT, help="Ray GCS port (default 6379)")
     g.add_argument("--dashboard-host", default=None,
                    help="address for Ray's dashboard (default: the head's fabric address)")
     g.add_argument("--simulate", action="store_true", default=settings.simulate,
@@ -59,7 +59,7 @@ def register(sub, settings: Settings) -> None:
     p = sub.add_parser("status", help="nodes in the cluster, completeness, and the server's health")
     add_network_options(p, settings)
     p.add_argument("--nodes", type=int, default=2, help="GPU nodes a complete cluster has (default 2)")
-    p.add_argument("--ray-port", type=int, default=cluster.DEFAULT_PORT)
+    p.add_argument("--ray-port", type=int, default=ray_node.DEFAULT_PORT)
     p.add_argument("--server-url", default=None, help="vLLM server to check (default http://HEAD:8000)")
     p.add_argument("--token-file", default=settings.token_file, metavar="PATH",
                    help="the cluster's Ray auth token file, if it uses one (env SPARK_VLLM_TOKEN_FILE)")
@@ -137,10 +137,10 @@ def form_cluster(plan: NodePlan, node, address: str) -> ClusterState:
     """On the head: connect, wait for the nodes, check versions. `node` is None when
     attached to a cluster this process did not start."""
     c = plan.cluster
-    cluster.connect_driver(address, c.node_ip)
+    ray_node.connect_driver(address, c.node_ip)
     log.info("waiting for %d GPU node(s) (up to %g s)", c.nodes, c.wait_timeout)
-    state = cluster.wait_for_nodes(c.nodes, c.wait_timeout, alive=node.dead_processes if node else list)
-    cluster.check_versions(state, c.allow_version_skew)
+    state = membership.wait_for_nodes(c.nodes, c.wait_timeout, alive=node.dead_processes if node else list)
+    versions.check_versions(state, c.allow_version_skew)
     log.info("cluster complete: %s; versions match", state.summary())
     return state
 
@@ -153,7 +153,7 @@ def run_head(args: argparse.Namespace, settings: Settings) -> int:
     with running_node(plan) as node:
         form_cluster(plan, node, node.address)
         log.info("head ready; Ctrl-C or `spark-vllm stop` stops it")
-        cluster.watch_head(node, plan.cluster.nodes)
+        membership.watch_head(node, plan.cluster.nodes)
     return 0
 
 
@@ -169,7 +169,7 @@ def run_worker(args: argparse.Namespace, settings: Settings) -> int:
 def run_worker_plan(plan: NodePlan) -> int:
     with running_node(plan) as node:
         log.info("joined the cluster at %s; staying joined (Ctrl-C or `spark-vllm stop` to leave)", plan.cluster.gcs_address)
-        cluster.watch_worker(node, plan.cluster.head_ip, plan.cluster.port)
+        membership.watch_worker(node, plan.cluster.head_ip, plan.cluster.port)
     return 0
 
 
@@ -177,16 +177,16 @@ def run_status(args: argparse.Namespace, settings: Settings) -> int:
     found = discover_here(args)
     net = plan_network(found, os.environ, iface=args.iface, head_ip=args.head_ip, node_ip=args.node_ip)
     head_ip = net.head_ip or net.node_ip
-    address = cluster.attach_address(os.environ) or f"{head_ip}:{args.ray_port}"
-    if not cluster.port_open(head_ip, args.ray_port) and not os.environ.get("RAY_ADDRESS"):
+    address = ray_node.attach_address(os.environ) or f"{head_ip}:{args.ray_port}"
+    if not membership.port_open(head_ip, args.ray_port) and not os.environ.get("RAY_ADDRESS"):
         raise ClusterError(f"no Ray cluster answers at {head_ip}:{args.ray_port}",
                            "start it with `spark-vllm head` (or serve), or pass --head-ip")
     auth = plan_auth(os.environ, args.token_file)  # a token cluster refuses a driver without it
     ensure_token(auth, create=False, environ=os.environ)
     os.environ.update(auth.env)
-    cluster.connect_driver(address, net.node_ip, quiet=True)
+    ray_node.connect_driver(address, net.node_ip, quiet=True)
     try:
-        state = cluster.cluster_state(args.nodes)
+        state = ray_node.cluster_state(args.nodes)
     finally:
         shutdown_driver()
     url = args.server_url or f"http://{head_ip}:8000"

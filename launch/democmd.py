@@ -8,7 +8,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from orchestrator.demo import run_demo
+from orchestrator.sim.demo import run_demo
 from orchestrator.settings import Settings
 
 from .clustercmd import sigterm_stops

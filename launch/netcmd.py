@@ -6,11 +6,11 @@ import argparse
 import logging
 import os
 
-from orchestrator.commenv import shell_lines
-from orchestrator.discovery import Discovery
+from orchestrator.net.commenv import shell_lines
+from orchestrator.net.discovery import Discovery
 from orchestrator.errors import DiscoveryError
-from orchestrator.netplan import NetworkPlan, check_ipv4, plan_network, with_node_ip
-from orchestrator.selection import Choice, choose_interface
+from orchestrator.net.plan import NetworkPlan, check_ipv4, plan_network, with_node_ip
+from orchestrator.net.selection import Choice, choose_interface
 from orchestrator.settings import Settings
 
 from .options import add_json, add_network_options, discover_here, print_json, table

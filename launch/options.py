@@ -7,7 +7,7 @@ import json
 import logging
 import sys
 
-from orchestrator.discovery import Discovery, discover
+from orchestrator.net.discovery import Discovery, discover
 from orchestrator.settings import Settings
 
 log = logging.getLogger("spark_vllm")

@@ -15,9 +15,10 @@ import os
 import threading
 import time
 
-from orchestrator import cluster, health, serving
-from orchestrator.bootstrap import SIMULATE_VAR, NodePlan, apply_environment
-from orchestrator.compat import load_vllm_api
+from orchestrator.cluster import ray_node
+from orchestrator.serve import engine, health
+from orchestrator.cluster.bootstrap import SIMULATE_VAR, NodePlan, apply_environment
+from orchestrator.serve.compat import load_vllm_api
 from orchestrator.settings import Settings
 
 from .clustercmd import (add_cluster_options, form_cluster, make_plan, mark, run_worker_plan, running_node,
@@ -41,7 +42,7 @@ def register(sub, settings: Settings) -> None:
 @contextlib.contextmanager
 def head_cluster(plan: NodePlan):
     """Attach to an existing cluster (RAY_ADDRESS, `ray job submit`) or start the head."""
-    address = cluster.attach_address(os.environ)
+    address = ray_node.attach_address(os.environ)
     if address:
         log.info("attaching to the Ray cluster at %s (RAY_ADDRESS / ray job submit): starting no node", address)
         apply_environment(plan, os.environ)
@@ -62,17 +63,17 @@ def run_serve(args: argparse.Namespace, settings: Settings) -> int:
             log.info("on a worker the vLLM flags are not used (the head runs the server)")
         return run_worker_plan(plan)
 
-    model = serving.check_model(args.model)
+    model = engine.check_model(args.model)
     api = load_vllm_api()
-    vargs = serving.parse_serve_args(api, model, args.extra)
+    vargs = engine.parse_serve_args(api, model, args.extra)
     log.info("vLLM %s accepted the flags; forming the cluster", api.version)
 
     t0 = time.monotonic()
     with head_cluster(plan) as (node, address):
         state = form_cluster(plan, node, address)
-        par = serving.plan_parallelism(vargs.tensor_parallel_size, vargs.pipeline_parallel_size,
+        par = engine.plan_parallelism(vargs.tensor_parallel_size, vargs.pipeline_parallel_size,
                                        vargs.distributed_executor_backend, state.gpus)
-        serving.fill_unset(vargs, par)
+        engine.fill_unset(vargs, par)
         t_cluster = time.monotonic() - t0
         log.info("cluster ready in %.1f s; starting vLLM with %s", t_cluster, par.describe())
         public = f"http://{plan.cluster.node_ip}:{vargs.port}/v1"
@@ -86,7 +87,7 @@ def run_serve(args: argparse.Namespace, settings: Settings) -> int:
         mark(plan, node, "engine-starting")
         health.announce_when_ready(health.local_health_url(vargs.host, vargs.port), on_ready, stop)
         try:
-            serving.run_server(api, vargs)
+            engine.run_server(api, vargs)
         finally:
             stop.set()
     return 0

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator import simnet
-from orchestrator.discovery import Interface
+from orchestrator.sim import netns
+from orchestrator.net.discovery import Interface
 
 PREFIX = "svtest"
 REPO = Path(__file__).resolve().parents[1]
@@ -32,19 +32,19 @@ COMM_VARS = (
 @pytest.fixture(scope="session", autouse=True)
 def nothing_left_behind():
     """Stale leftovers of killed runs go first; ours must all be gone at the end."""
-    if simnet.available():
+    if netns.available():
         yield
         return
-    simnet.cleanup_stale(PREFIX)
+    netns.cleanup_stale(PREFIX)
     yield
     mine = f"{PREFIX}-{os.getpid()}-"
-    assert simnet.list_namespaces(mine) == [], "tests left network namespaces behind"
+    assert netns.list_namespaces(mine) == [], "tests left network namespaces behind"
     assert list(Path(tempfile.gettempdir()).glob(mine + "*")) == [], "tests left sysfs trees behind"
 
 
 @pytest.fixture(scope="session")
 def netns_ok():
-    reason = simnet.available()
+    reason = netns.available()
     if reason:
         pytest.skip(f"needs network namespaces: {reason}")
 
@@ -53,7 +53,7 @@ def netns_ok():
 def pair(netns_ok):
     """Two simulated Sparks cabled port to port, MTU 9000 (so a default is not mistaken
     for a reading)."""
-    with simnet.SimNetwork(nodes=2, prefix=PREFIX, mtu=9000) as net:
+    with netns.SimNetwork(nodes=2, prefix=PREFIX, mtu=9000) as net:
         yield net
 
 
@@ -69,7 +69,7 @@ def cli():
     """Run `python -m launch ARGS` inside a node; `--sysfs-root` is the node's unless
     `sysfs=False`. Returns the CompletedProcess (text)."""
 
-    def run(node: simnet.SimNode, *args: str, env: dict[str, str] | None = None,
+    def run(node: netns.SimNode, *args: str, env: dict[str, str] | None = None,
             sysfs: bool = True) -> subprocess.CompletedProcess:
         cmd, *rest = args
         flags = ["--sysfs-root", node.sysfs_root] if sysfs else []

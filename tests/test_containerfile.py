@@ -5,13 +5,13 @@ installs the package without replacing the image's vLLM and torch."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
+from conftest import REPO
 
 INSTRUCTIONS = {"FROM", "ARG", "RUN", "COPY", "ENV", "ENTRYPOINT", "CMD", "WORKDIR", "LABEL", "USER"}
 
 
 def instructions() -> list[tuple[str, str]]:
-    text = (Path(__file__).resolve().parents[1] / "Containerfile").read_text()
+    text = (REPO / "Containerfile").read_text()
     logical, out = "", []
     for line in text.splitlines():
         if not logical and (not line.strip() or line.lstrip().startswith("#")):

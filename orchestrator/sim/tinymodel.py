@@ -16,7 +16,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from .errors import SimulationError
+from ..errors import SimulationError
 
 SEED = 0
 VOCAB_SIZE = 512
@@ -141,7 +141,7 @@ def _train_tokenizer():
         raise SimulationError(
             f"the tiny tokenizer has {bpe.get_vocab_size()} tokens, "
             f"expected {VOCAB_SIZE}",
-            hint="add sentences to TRAINING_TEXT in orchestrator/tinymodel.py",
+            hint="add sentences to TRAINING_TEXT in orchestrator/sim/tinymodel.py",
         )
     return PreTrainedTokenizerFast(
         tokenizer_object=bpe,

@@ -6,10 +6,10 @@ import subprocess
 
 import pytest
 
-from orchestrator.commenv import apply_plan, plan_environment, shell_lines
-from orchestrator.discovery import Discovery
-from orchestrator.netplan import plan_network
-from orchestrator.selection import choose_interface
+from orchestrator.net.commenv import apply_plan, plan_environment, shell_lines
+from orchestrator.net.discovery import Discovery
+from orchestrator.net.plan import plan_network
+from orchestrator.net.selection import choose_interface
 
 from conftest import COMM_VARS
 

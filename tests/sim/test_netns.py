@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator import simnet
+from orchestrator.sim import netns
 from orchestrator.errors import SimulationError
 
 from conftest import PREFIX
@@ -24,7 +24,7 @@ CLIENT = ("import socket,sys;s=socket.create_connection((sys.argv[1],5055),timeo
           "print(s.recv(64).decode())")
 
 
-def tcp_reply(server: simnet.SimNode, client: simnet.SimNode, target_ip: str) -> str:
+def tcp_reply(server: netns.SimNode, client: netns.SimNode, target_ip: str) -> str:
     """What `client` reads from a TCP server in `server`, connecting to `target_ip`."""
     srv = server.popen(sys.executable, "-c", SERVER, server.ip, stdout=subprocess.PIPE, text=True)
     try:
@@ -47,9 +47,9 @@ def test_pair_is_two_spark_ports_on_one_cable(pair):
 
 
 def test_four_nodes_share_a_switch(netns_ok):
-    with simnet.SimNetwork(nodes=4, prefix=PREFIX) as net:
+    with netns.SimNetwork(nodes=4, prefix=PREFIX) as net:
         assert [n.ip for n in net.nodes] == [f"192.168.100.{10 + i}" for i in range(4)]
-        assert net.hub in simnet.list_namespaces(net.tag)
+        assert net.hub in netns.list_namespaces(net.tag)
         assert tcp_reply(net.nodes[3], net.nodes[0], "192.168.100.13") == "192.168.100.13"
         assert tcp_reply(net.nodes[1], net.nodes[2], "192.168.100.11") == "192.168.100.11"
 
@@ -67,24 +67,24 @@ def test_twin_and_management_ports(pair):
 
 
 def test_exit_kills_processes_and_removes_everything(netns_ok):
-    with simnet.SimNetwork(prefix=PREFIX, kill_grace_s=0.3) as net:
+    with netns.SimNetwork(prefix=PREFIX, kill_grace_s=0.3) as net:
         namespaces, tmp = net.namespaces, Path(net.nodes[0].sysfs_root).parents[1]
         # One ignores SIGTERM: teardown must still get rid of it.
         stubborn = net.nodes[1].popen("bash", "-c", "trap '' TERM; sleep 300 & wait")
         sleeper = net.nodes[0].popen("sleep", "300")
         time.sleep(0.2)
     assert sleeper.wait(timeout=5) is not None and stubborn.wait(timeout=5) is not None
-    assert not set(namespaces) & set(simnet.list_namespaces(PREFIX))
+    assert not set(namespaces) & set(netns.list_namespaces(PREFIX))
     assert not tmp.exists()
 
 
 @pytest.mark.parametrize("exc", [RuntimeError("boom"), KeyboardInterrupt()])
 def test_exception_inside_still_tears_down(netns_ok, exc):
     with pytest.raises(type(exc)):
-        with simnet.SimNetwork(prefix=PREFIX) as net:
+        with netns.SimNetwork(prefix=PREFIX) as net:
             namespaces = net.namespaces
             raise exc
-    assert not set(namespaces) & set(simnet.list_namespaces(PREFIX))
+    assert not set(namespaces) & set(netns.list_namespaces(PREFIX))
 
 
 def test_cleanup_stale_removes_dead_runs_only(netns_ok):
@@ -94,19 +94,19 @@ def test_cleanup_stale_removes_dead_runs_only(netns_ok):
     subprocess.run(["ip", "netns", "add", stale_ns], check=True)
     stale_dir = Path(tempfile.mkdtemp(prefix=f"{PREFIX}-{dead.pid}-abc123-"))
     try:
-        with simnet.SimNetwork(prefix=PREFIX) as live:
-            removed = simnet.cleanup_stale(PREFIX)
+        with netns.SimNetwork(prefix=PREFIX) as live:
+            removed = netns.cleanup_stale(PREFIX)
             assert stale_ns in removed and str(stale_dir) in removed
-            assert set(live.namespaces) <= set(simnet.list_namespaces(PREFIX))
+            assert set(live.namespaces) <= set(netns.list_namespaces(PREFIX))
             assert Path(live.nodes[0].sysfs_root).is_dir()
     finally:
-        if stale_ns in simnet.list_namespaces(stale_ns):
+        if stale_ns in netns.list_namespaces(stale_ns):
             subprocess.run(["ip", "netns", "del", stale_ns])
-    assert stale_ns not in simnet.list_namespaces(PREFIX) and not stale_dir.exists()
+    assert stale_ns not in netns.list_namespaces(PREFIX) and not stale_dir.exists()
 
 
 def test_bad_arguments_are_refused_before_touching_the_system():
     with pytest.raises(SimulationError, match="prefix"):
-        simnet.SimNetwork(prefix="has-dash")
+        netns.SimNetwork(prefix="has-dash")
     with pytest.raises(SimulationError, match="at least one node"):
-        simnet.SimNetwork(nodes=0)
+        netns.SimNetwork(nodes=0)

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator import simnet
-from orchestrator.discovery import build_interfaces, discover, is_up, roce_map
+from orchestrator.sim import netns
+from orchestrator.net.discovery import build_interfaces, discover, is_up, roce_map
 from orchestrator.errors import DiscoveryError, InterfaceDown
-from orchestrator.selection import choose_interface
+from orchestrator.net.selection import choose_interface
 
 
 def deny_netlink(netns):
@@ -21,7 +21,7 @@ def deny_netlink(netns):
     raise PermissionError(errno.EPERM, "Operation not permitted (AF_NETLINK)")
 
 
-def read(node: simnet.SimNode, iface: str | None = None):
+def read(node: netns.SimNode, iface: str | None = None):
     found = discover(node.sysfs_root, netns=node.netns)
     return found, found.by_name(iface or node.iface)
 
@@ -111,7 +111,7 @@ def test_missing_namespace_is_an_error_and_is_not_created(netns_ok, tmp_path):
     name = "svtest-does-not-exist"
     with pytest.raises(DiscoveryError, match="svtest-does-not-exist"):
         discover(tmp_path, netns=name)
-    assert simnet.list_namespaces(name) == []
+    assert netns.list_namespaces(name) == []
 
 
 def test_missing_sysfs_root_is_an_error(tmp_path):
@@ -122,8 +122,8 @@ def test_missing_sysfs_root_is_an_error(tmp_path):
 # --- the netifaces fallback --------------------------------------------------------
 FALLBACK = """
 import errno, json, sys
-from orchestrator.discovery import discover
-from orchestrator.selection import choose_interface
+from orchestrator.net.discovery import discover
+from orchestrator.net.selection import choose_interface
 def deny(netns):
     raise PermissionError(errno.EPERM, "Operation not permitted (AF_NETLINK)")
 found = discover(sys.argv[1], open_netlink=deny)

@@ -7,12 +7,17 @@ common cause of hangs deep inside NCCL or vLLM; refusing it up front is cheaper.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import platform
 from dataclasses import dataclass
 from importlib import metadata
 
-from . import __version__
+from .. import __version__
+from ..errors import ClusterError, VersionSkew
+from .nodes import ClusterState
+
+log = logging.getLogger("spark_vllm")
 
 COMPONENTS = ("python", "ray", "vllm", "torch", "nccl", "spark-vllm")
 # Test seam: a JSON object whose entries replace this node's report (reaches Ray
@@ -66,3 +71,33 @@ def skew_table(skews: list[Skew]) -> str:
     for s in skews:
         lines.append(f"{s.component:<10} " + "  ".join(f"{str(s.values.get(ip)):<15}" for ip in ips))
     return "\n".join(lines)
+
+
+def collect_reports(state: ClusterState, timeout: float = 60.0) -> dict[str, dict]:
+    """Run `local_report` on every alive node, pinned there by node affinity."""
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    task = ray.remote(num_cpus=0)(local_report)
+    refs = {
+        n.ip: task.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n.node_id, soft=False)).remote()
+        for n in state.nodes if n.alive
+    }
+    try:
+        values = ray.get(list(refs.values()), timeout=timeout)
+    except Exception as exc:
+        raise ClusterError(f"could not read versions from every node: {exc}") from exc
+    return dict(zip(refs, values))
+
+
+def check_versions(state: ClusterState, allow_skew: bool) -> dict[str, dict]:
+    reports = collect_reports(state)
+    skews = compare(reports)
+    if skews and not allow_skew:
+        raise VersionSkew(
+            "versions differ between nodes:\n" + skew_table(skews),
+            "run the same image on every Spark, or pass --allow-version-skew",
+        )
+    if skews:
+        log.warning("versions differ between nodes (allowed by --allow-version-skew):\n%s", skew_table(skews))
+    return reports

@@ -13,9 +13,9 @@ import time
 
 import pytest
 
-from orchestrator import simnet
-from orchestrator.demo import serving_cluster
-from orchestrator.tinymodel import make_tiny_model
+from orchestrator.sim import netns
+from orchestrator.sim.demo import serving_cluster
+from orchestrator.sim.tinymodel import make_tiny_model
 
 from conftest import PREFIX, REPO, clean_env
 
@@ -117,15 +117,15 @@ def test_stop_drains_and_leaves_nothing(served):
     assert sim.head.proc.wait(60) == 0
     assert sim.workers[0].proc.wait(60) == 7  # the worker leaves when its head goes
     deadline = time.monotonic() + 20
-    while time.monotonic() < deadline and any(simnet.pids(ns) for ns in sim.net.namespaces):
+    while time.monotonic() < deadline and any(netns.pids(ns) for ns in sim.net.namespaces):
         time.sleep(0.5)
-    assert [simnet.pids(ns) for ns in sim.net.namespaces] == [[] for _ in sim.net.namespaces]
+    assert [netns.pids(ns) for ns in sim.net.namespaces] == [[] for _ in sim.net.namespaces]
 
 
 # --- failing fast ------------------------------------------------------------------
 @pytest.fixture
 def one(netns_ok):
-    with simnet.SimNetwork(nodes=1, prefix=PREFIX) as net:
+    with netns.SimNetwork(nodes=1, prefix=PREFIX) as net:
         yield net.nodes[0]
 
 
@@ -151,7 +151,7 @@ def test_bad_flag_fails_before_ray(one, model):
     assert "--no-such-vllm-flag" in line and "vLLM rejected the flags" in line
     assert "Ray" not in out.stderr.split("spark-vllm: error:")[0]  # nothing was started
     assert took < 60
-    assert simnet.pids(one.netns) == []
+    assert netns.pids(one.netns) == []
 
 
 def test_bad_flag_value_fails_before_ray(one, model):
@@ -176,7 +176,7 @@ def test_tp_larger_than_the_cluster_fails_at_once(one, model):
     line = assert_one_line_error(out, 8)
     assert "TP 4 x PP 1 needs 4 GPUs but the cluster has 1" in line
     assert took < 90  # not vLLM's 30-minute placement-group wait
-    assert simnet.pids(one.netns) == []
+    assert netns.pids(one.netns) == []
 
 
 def test_serve_attaches_to_an_existing_cluster_and_starts_no_node(one, model, tmp_path):

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable
 
-from .errors import DiscoveryError
+from ..errors import DiscoveryError
 
 IFF_UP = 0x1
 

@@ -1,7 +1,7 @@
 """The playbook's two requests, sent the way a user would, printed as JSON.
 
 Run inside a simulated Spark's namespace by the demo (`python -m
-orchestrator.democlient URL MODEL`); stdlib only, so it needs nothing extra.
+orchestrator.sim.client URL MODEL`); stdlib only, so it needs nothing extra.
 """
 
 from __future__ import annotations

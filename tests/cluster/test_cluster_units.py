@@ -14,14 +14,15 @@ import sys
 import pytest
 
 from launch.cli import exit_code_for
-from orchestrator import errors, runstate
-from orchestrator.auth import ensure_token, plan_auth
-from orchestrator.bootstrap import SIMULATE_VAR, NodeRequest, apply_environment, plan_node
-from orchestrator.cluster import (ClusterOptions, attach_address, check_head_subnet, port_open, ray_params,
-                                  wait_for_port)
-from orchestrator.discovery import Discovery
-from orchestrator.nodes import HEAD_RESOURCE, ClusterState, newly_joined, newly_lost, parse_nodes
-from orchestrator.versions import OVERRIDE_VAR, compare, local_report, skew_table
+from orchestrator import errors
+from orchestrator.cluster import runstate
+from orchestrator.cluster.auth import ensure_token, plan_auth
+from orchestrator.cluster.bootstrap import SIMULATE_VAR, NodeRequest, apply_environment, plan_node
+from orchestrator.cluster.membership import check_head_subnet, port_open, wait_for_port
+from orchestrator.cluster.ray_node import ClusterOptions, attach_address, ray_params
+from orchestrator.net.discovery import Discovery
+from orchestrator.cluster.nodes import HEAD_RESOURCE, ClusterState, newly_joined, newly_lost, parse_nodes
+from orchestrator.cluster.versions import OVERRIDE_VAR, compare, local_report, skew_table
 
 HEAD, WORKER = "192.168.100.10", "192.168.100.11"
 

@@ -8,7 +8,7 @@ from typing import Mapping
 
 from .commenv import EnvPlan, plan_environment
 from .discovery import Discovery
-from .errors import UsageError
+from ..errors import UsageError
 from .selection import Choice, choose_interface
 
 

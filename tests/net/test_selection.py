@@ -8,8 +8,8 @@ import pytest
 
 from orchestrator.errors import (DiscoveryError, InterfaceDown, InterfaceNotFound,
                                  InterfaceWithoutAddress, NoRdmaInterface, UsageError)
-from orchestrator.netplan import check_ipv4
-from orchestrator.selection import choose_interface, describe, pci_domain
+from orchestrator.net.plan import check_ipv4
+from orchestrator.net.selection import choose_interface, describe, pci_domain
 
 
 @pytest.fixture

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .compat import VllmApi
-from .errors import BadServeFlags, EngineFailed, ModelNotFound, NotEnoughGpus
+from ..errors import BadServeFlags, EngineFailed, ModelNotFound, NotEnoughGpus
 
 
 def looks_like_path(model: str) -> bool:

@@ -11,7 +11,7 @@ import sys
 import psutil
 
 from conftest import REPO, clean_env
-from orchestrator.cluster import port_open
+from orchestrator.cluster.membership import port_open
 
 
 def test_demo_loopback_serves_both_requests_and_leaves_nothing(tmp_path):

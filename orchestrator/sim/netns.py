@@ -38,7 +38,7 @@ from typing import Callable
 
 import psutil
 
-from .errors import SimulationError
+from ..errors import SimulationError
 
 log = logging.getLogger("spark_vllm")
 

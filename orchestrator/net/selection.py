@@ -16,7 +16,7 @@ import re
 from dataclasses import dataclass
 
 from .discovery import Interface
-from .errors import InterfaceDown, InterfaceNotFound, InterfaceWithoutAddress, NoRdmaInterface
+from ..errors import InterfaceDown, InterfaceNotFound, InterfaceWithoutAddress, NoRdmaInterface
 
 UP_HINT = "check the cable, the netplan config, and `ip link set <iface> up`"
 

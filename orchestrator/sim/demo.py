@@ -21,8 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from . import simnet
-from .errors import SimulationError
+from . import netns
+from ..errors import SimulationError
 from .tinymodel import make_tiny_model
 
 log = logging.getLogger("spark_vllm")
@@ -109,25 +109,25 @@ def stop_run(run: NodeRun, timeout: float = 60.0) -> int | None:
 
 @dataclass(frozen=True)
 class SimCluster:
-    net: simnet.SimNetwork | simnet.LoopbackNetwork
+    net: netns.SimNetwork | netns.LoopbackNetwork
     head: NodeRun
     workers: tuple[NodeRun, ...]
     url: str  # http://HEAD:PORT, reachable from inside the simulated Sparks
     ready_s: float
 
-    def client(self, index: int = -1) -> simnet.SimNode:
+    def client(self, index: int = -1) -> netns.SimNode:
         """A simulated Spark to send requests from (the last worker by default)."""
         return self.net.nodes[index]
 
 
 def simulated_sparks(nodes: int, prefix: str, loopback: bool, on_line: Callable[[str, str], None]):
     """Network namespaces when this machine allows them (root), else loopback addresses."""
-    reason = "asked for" if loopback else simnet.available()
+    reason = "asked for" if loopback else netns.available()
     if reason:
         on_line("demo", f"loopback addresses stand in for the Sparks ({reason}): no namespaces, no RoCE")
-        return simnet.LoopbackNetwork(nodes)
-    simnet.cleanup_stale(prefix)
-    return simnet.SimNetwork(nodes=nodes, prefix=prefix)
+        return netns.LoopbackNetwork(nodes)
+    netns.cleanup_stale(prefix)
+    return netns.SimNetwork(nodes=nodes, prefix=prefix)
 
 
 @contextlib.contextmanager
@@ -178,7 +178,7 @@ def run_demo(workdir: Path, on_line: Callable[[str, str], None], timeout: float 
     with serving_cluster(workdir, model, on_line, timeout=timeout, python=python, loopback=loopback) as sim:
         timings["cluster_and_engine"] = time.monotonic() - t1
         t2 = time.monotonic()
-        out = sim.client().run(python, "-m", "orchestrator.democlient", sim.url, model,
+        out = sim.client().run(python, "-m", "orchestrator.sim.client", sim.url, model,
                                capture_output=True, text=True, timeout=180)
         if out.returncode != 0:
             raise SimulationError(f"the requests failed: {(out.stderr.strip().splitlines() or ['?'])[-1]}")

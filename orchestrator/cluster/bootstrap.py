@@ -13,10 +13,11 @@ from dataclasses import dataclass, replace
 from typing import Mapping, MutableMapping
 
 from .auth import AuthPlan, ensure_token, plan_auth
-from .cluster import ClusterOptions, RayNode, check_head_subnet, wait_for_port
-from .discovery import Discovery
-from .errors import UsageError
-from .netplan import NetworkPlan, plan_network
+from .membership import check_head_subnet, wait_for_port
+from .ray_node import ClusterOptions, RayNode
+from ..net.discovery import Discovery
+from ..errors import UsageError
+from ..net.plan import NetworkPlan, plan_network
 
 log = logging.getLogger("spark_vllm")
 

@@ -1,74 +1,15 @@
-"""Units of the CPU simulation: the platform plugin, vLLM's API table, the tiny model."""
+"""vLLM's API table across versions (orchestrator/serve/compat.py)."""
 
 from __future__ import annotations
 
-import ast
-import json
-import subprocess
-import sys
 from importlib import metadata
-from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 
-from orchestrator import compat, simulation, tinymodel
-from orchestrator.errors import ServeError, SimulationError
+from orchestrator.serve import compat
+from orchestrator.errors import ServeError
 
-REPO = Path(__file__).resolve().parents[1]
-
-
-# --- the platform plugin ---------------------------------------------------------
-@pytest.mark.parametrize("value", [None, "", "0", "no"])
-def test_plugin_is_inert_unless_simulating(monkeypatch, value):
-    if value is None:
-        monkeypatch.delenv("SPARK_VLLM_SIMULATE", raising=False)
-    else:
-        monkeypatch.setenv("SPARK_VLLM_SIMULATE", value)
-    assert simulation.platform_plugin() is None
-
-
-def test_plugin_names_the_simulated_platform(monkeypatch):
-    monkeypatch.setenv("SPARK_VLLM_SIMULATE", "1")
-    assert simulation.platform_plugin() == (
-        "orchestrator.sim_platform.SimulatedSparkPlatform"
-    )
-
-
-def test_plugin_is_registered_for_vllm():
-    eps = metadata.entry_points(group="vllm.platform_plugins")
-    ours = [ep for ep in eps if ep.name == "spark_vllm_sim"]
-    assert [ep.value for ep in ours] == ["orchestrator.simulation:platform_plugin"]
-    assert ours[0].load() is simulation.platform_plugin
-
-
-def test_named_class_is_a_cpu_platform_with_a_gpu_ray_key():
-    # Read, not imported: importing it imports vLLM (seconds).
-    module, _, cls_name = simulation.SIM_PLATFORM.rpartition(".")
-    source = (REPO / (module.replace(".", "/") + ".py")).read_text()
-    cls = next(
-        n for n in ast.parse(source).body
-        if isinstance(n, ast.ClassDef) and n.name == cls_name
-    )
-    assert [b.id for b in cls.bases] == ["CpuPlatform"]
-    keys = {
-        n.target.id: n.value.value for n in cls.body
-        if isinstance(n, ast.AnnAssign) and isinstance(n.value, ast.Constant)
-    }
-    assert keys == {"ray_device_key": "GPU"}
-    assert "from vllm.platforms.cpu import CpuPlatform" in source
-
-
-def test_importing_the_modules_imports_neither_vllm_nor_torch():
-    code = (
-        "import sys, orchestrator.simulation, orchestrator.compat, "
-        "orchestrator.tinymodel\n"
-        "print(sorted(m for m in ('vllm', 'torch', 'transformers') if m in sys.modules))"
-    )
-    out = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, check=True
-    ).stdout
-    assert out.strip() == "[]"
 
 
 # --- vLLM's API table ------------------------------------------------------------
@@ -220,66 +161,3 @@ def test_load_finds_the_installed_vllm():
     assert args.distributed_executor_backend == "ray"
     # A positional model lands in model_tag, not model: always pass --model.
     assert parser.parse_args(["/m"]).model != "/m"
-
-
-# --- the tiny model --------------------------------------------------------------
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory) -> Path:
-    return tinymodel.make_tiny_model(tmp_path_factory.mktemp("m") / "tiny")
-
-
-def test_tiny_model_has_the_shapes_vllm_cpu_accepts(tiny):
-    cfg = json.loads((tiny / "config.json").read_text())
-    assert cfg["architectures"] == ["LlamaForCausalLM"]
-    assert (cfg["hidden_size"], cfg["num_hidden_layers"]) == (128, 2)
-    assert (cfg["num_attention_heads"], cfg["head_dim"], cfg["vocab_size"]) == (2, 64, 512)
-    size = (tiny / "model.safetensors").stat().st_size
-    assert 300_000 < size < 1_000_000
-
-    from safetensors import safe_open
-
-    with safe_open(tiny / "model.safetensors", "pt") as f:
-        embed = f.get_slice("model.embed_tokens.weight")
-        assert embed.get_shape() == [512, 128]
-        assert embed.get_dtype() == "BF16"
-
-
-def test_tiny_tokenizer_loads_and_chats(tiny):
-    from transformers import AutoTokenizer
-
-    tok = AutoTokenizer.from_pretrained(tiny)
-    assert len(tok) == 512
-    assert (tok.bos_token, tok.eos_token) == ("<|bos|>", "<|eos|>")
-    text = "The quick brown fox, 42!"
-    assert tok.decode(tok.encode(text, add_special_tokens=False)) == text
-    prompt = tok.apply_chat_template(
-        [{"role": "user", "content": "Hello"}],
-        tokenize=False,
-        add_generation_prompt=True,
-    )
-    assert prompt == "<|user|>Hello\n<|assistant|>"
-
-
-def test_tiny_model_is_idempotent_and_deterministic(tiny, tmp_path):
-    weights = tiny / "model.safetensors"
-    before = weights.stat().st_mtime_ns
-    assert tinymodel.make_tiny_model(tiny) == tiny
-    assert weights.stat().st_mtime_ns == before  # not rebuilt
-
-    other = tinymodel.make_tiny_model(tmp_path / "again")
-    for name in ("model.safetensors", "tokenizer.json", "config.json"):
-        assert (other / name).read_bytes() == (tiny / name).read_bytes(), name
-    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no staging left
-
-
-def test_tiny_model_never_overwrites_a_foreign_directory(tmp_path):
-    (tmp_path / "notes.txt").write_text("mine")
-    with pytest.raises(SimulationError, match="no complete tiny model"):
-        tinymodel.make_tiny_model(tmp_path)
-    assert [p.name for p in tmp_path.iterdir()] == ["notes.txt"]
-
-
-def test_tiny_model_fills_an_empty_directory(tmp_path, tiny):
-    target = tmp_path / "empty"
-    target.mkdir()
-    assert tinymodel.is_complete(tinymodel.make_tiny_model(target))

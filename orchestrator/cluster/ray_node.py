@@ -1,0 +1,155 @@
+"""This machine's Ray node, started or joined through Ray's own Python code (what
+`ray start --head/--address --block` runs), and this process as a Ray driver.
+
+The communication plan must already be applied to `os.environ`: the raylet and
+every Ray worker on this node inherit the environment of this process.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+import threading
+from dataclasses import dataclass
+
+from ..errors import ClusterError
+from .nodes import ClusterState, parse_nodes
+
+log = logging.getLogger("spark_vllm")
+
+DEFAULT_PORT = 6379
+
+
+@dataclass(frozen=True)
+class ClusterOptions:
+    node_ip: str
+    head_ip: str  # equals node_ip on the head
+    port: int = DEFAULT_PORT
+    num_gpus: int | None = None  # None: Ray detects them
+    num_cpus: int | None = None
+    simulate: bool = False
+    dashboard_host: str | None = None  # None: the head's fabric address
+    nodes: int = 2
+    wait_timeout: float = 600.0
+    join_timeout: float = 120.0
+    allow_version_skew: bool = False
+    temp_dir: str | None = None
+
+    @property
+    def head(self) -> bool:
+        return self.node_ip == self.head_ip
+
+    @property
+    def gcs_address(self) -> str:
+        return f"{self.head_ip}:{self.port}"
+
+
+def ray_params(opts: ClusterOptions) -> dict:
+    """Pure: the RayParams of this node."""
+    params = dict(
+        node_ip_address=opts.node_ip,
+        num_gpus=1 if opts.simulate and opts.num_gpus is None else opts.num_gpus,
+        num_cpus=opts.num_cpus,
+        temp_dir=opts.temp_dir,
+    )
+    if opts.simulate:
+        # Two simulated Sparks share one machine's memory: keep Ray's object store small.
+        params["object_store_memory"] = 256 * 1024 * 1024
+    if opts.head:
+        params.update(gcs_server_port=opts.port,
+                      dashboard_host=opts.dashboard_host or opts.node_ip)
+    else:
+        params.update(gcs_address=opts.gcs_address)
+    return {k: v for k, v in params.items() if v is not None}
+
+
+def attach_address(environ) -> str | None:
+    """Inside `ray job submit`, or with RAY_ADDRESS set, use that cluster: start nothing."""
+    if environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR"):
+        return environ.get("RAY_ADDRESS") or "auto"
+    return environ.get("RAY_ADDRESS") or None
+
+
+AUTH_HINT = "the cluster uses token authentication: pass --token-file with a copy of the head's token file"
+
+
+def _auth_refused(exc: BaseException) -> bool:
+    """Ray reports a refused token as a RuntimeError whose text holds the traceback of
+    an AuthenticationError (sometimes chained under a ConnectionError)."""
+    return any("InvalidAuthToken" in str(e) for e in (exc, exc.__cause__) if e is not None)
+
+
+class RayNode:
+    """This machine's Ray processes (GCS and dashboard on the head, raylet everywhere)."""
+
+    def __init__(self, opts: ClusterOptions) -> None:
+        os.environ["RAY_USAGE_STATS_ENABLED"] = "0"  # else `ray start` asks and waits 10 s
+        from ray._private.authentication.authentication_token_setup import ensure_token_if_auth_enabled
+        from ray._private.node import Node
+        from ray._private.parameter import RayParams
+        from ray._private.utils import write_ray_address
+
+        ensure_token_if_auth_enabled(None, create_token_if_missing=False)
+        self.opts = opts
+        try:
+            self._node = Node(RayParams(**ray_params(opts)), head=opts.head,
+                              shutdown_at_exit=False, spawn_reaper=True)
+        except Exception as exc:  # Ray raises bare Exceptions/ConnectionErrors here
+            if _auth_refused(exc):
+                raise ClusterError(f"the head {opts.gcs_address} refused this node's Ray auth token",
+                                   AUTH_HINT) from exc
+            raise ClusterError(f"Ray could not start on {opts.node_ip}: {exc}",
+                               "see the Ray logs under /tmp/ray/session_latest/logs") from exc
+        self.address = self._node.gcs_address
+        write_ray_address(self.address, opts.temp_dir)  # so `ray status` works as before
+
+    def dead_processes(self) -> list[str]:
+        return [name for name, _ in self._node.dead_processes()]
+
+    def stop(self, grace: float = 5.0) -> None:
+        """Stop Ray's processes, then any descendant they left behind (the raylet's
+        dashboard and runtime-env agents outlive it otherwise)."""
+        import psutil
+
+        me = psutil.Process()
+        before = me.children(recursive=True)
+        self._node.kill_all_processes(check_alive=False, allow_graceful=True, wait=True)
+        left = [p for p in before if p.is_running()]
+        for p in left:
+            with contextlib.suppress(psutil.Error):
+                p.terminate()
+        _, alive = psutil.wait_procs(left, timeout=grace)
+        for p in alive:
+            with contextlib.suppress(psutil.Error):
+                p.kill()
+
+
+def connect_driver(address: str, node_ip: str | None = None, quiet: bool = False) -> None:
+    """Connect this process to the cluster as a Ray driver (vLLM reuses the connection)."""
+    import ray
+
+    if not ray.is_initialized():
+        # ray.init replaces the SIGTERM handler with `sys.exit(15)` (and its C++ core
+        # worker chains a stack dump in front): put back the caller's, so a stopped
+        # head still tears its node down and exits 0.
+        main = threading.current_thread() is threading.main_thread()
+        previous = signal.getsignal(signal.SIGTERM) if main else None
+        try:
+            ray.init(address=address, _node_ip_address=node_ip, logging_level=logging.WARNING,
+                     log_to_driver=not quiet, configure_logging=not quiet)
+        except Exception as exc:
+            if _auth_refused(exc):
+                raise ClusterError(f"the Ray cluster at {address} refused this process's auth token",
+                                   AUTH_HINT) from exc
+            raise ClusterError(f"could not connect to the Ray cluster at {address}: {exc}") from exc
+        finally:
+            if previous is not None:
+                signal.signal(signal.SIGTERM, previous)
+
+
+def cluster_state(want: int) -> ClusterState:
+    import ray
+
+    return ClusterState(parse_nodes(ray.nodes()), want)
