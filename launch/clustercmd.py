@@ -7,6 +7,7 @@ import contextlib
 import logging
 import os
 import signal
+from dataclasses import dataclass
 
 from orchestrator.cluster import membership, ray_node, runstate, versions
 from orchestrator.cluster.auth import ensure_token, plan_auth
@@ -119,11 +120,13 @@ def running_node(plan: NodePlan):
             runstate.remove_record(directory, plan.cluster.node_ip, os.getpid())
 
 
-def mark(plan: NodePlan, node, state: str) -> None:
-    """Record this node's process and state for `spark-vllm stop` (no record when attached)."""
+def mark(plan: NodePlan, node, state: str, server_url: str | None = None) -> None:
+    """Record this node's process, state and whereabouts for `stop` and `status` (no
+    record when attached)."""
     if node is not None:
         runstate.write_record(runstate.run_dir(os.environ), runstate.RunRecord(
-            os.getpid(), plan.role, plan.cluster.node_ip, node.address, state))
+            os.getpid(), plan.role, plan.cluster.node_ip, node.address, state,
+            iface=plan.network.choice.name, token_file=plan.auth.token_file, server_url=server_url))
 
 
 def shutdown_driver() -> None:
@@ -173,23 +176,54 @@ def run_worker_plan(plan: NodePlan) -> int:
     return 0
 
 
-def run_status(args: argparse.Namespace, settings: Settings) -> int:
+def this_machines_nodes(args: argparse.Namespace) -> list[runstate.RunRecord]:
+    """The live run records of spark-vllm nodes on this machine's addresses."""
     found = discover_here(args)
-    net = plan_network(found, os.environ, iface=args.iface, head_ip=args.head_ip, node_ip=args.node_ip)
+    addresses = [a for i in found.interfaces for a in i.addresses] + ([args.node_ip] if args.node_ip else [])
+    return runstate.records_for(runstate.run_dir(os.environ), addresses)
+
+
+@dataclass(frozen=True)
+class StatusTarget:
+    head_ip: str
+    gcs_address: str
+    node_ip: str | None
+    token_file: str | None
+    server_url: str  # the vLLM server whose /health is shown
+
+
+def status_target(args: argparse.Namespace) -> StatusTarget:
+    """Where `status` looks: this machine's run record when a node runs here and no
+    network option was given (as `ray status` finds its cluster), else discovery."""
+    rec = None if (args.iface or args.head_ip) else runstate.local_node(this_machines_nodes(args))
+    if rec is not None:
+        log.debug("reading the cluster of the %s on %s (%s)", rec.role, rec.node_ip, rec.iface)
+        head_ip = rec.gcs_address.rsplit(":", 1)[0]
+        return StatusTarget(head_ip, rec.gcs_address, rec.node_ip, args.token_file or rec.token_file,
+                            args.server_url or rec.server_url or f"http://{head_ip}:8000")
+    net = plan_network(discover_here(args), os.environ, iface=args.iface, head_ip=args.head_ip,
+                       node_ip=args.node_ip)
     head_ip = net.head_ip or net.node_ip
-    address = ray_node.attach_address(os.environ) or f"{head_ip}:{args.ray_port}"
-    if not membership.port_open(head_ip, args.ray_port) and not os.environ.get("RAY_ADDRESS"):
-        raise ClusterError(f"no Ray cluster answers at {head_ip}:{args.ray_port}",
+    return StatusTarget(head_ip, f"{head_ip}:{args.ray_port}", net.node_ip, args.token_file,
+                        args.server_url or f"http://{head_ip}:8000")
+
+
+def run_status(args: argparse.Namespace, settings: Settings) -> int:
+    target = status_target(args)
+    address = ray_node.attach_address(os.environ) or target.gcs_address
+    host, port = target.gcs_address.rsplit(":", 1)
+    if not membership.port_open(host, int(port)) and not os.environ.get("RAY_ADDRESS"):
+        raise ClusterError(f"no Ray cluster answers at {target.gcs_address}",
                            "start it with `spark-vllm head` (or serve), or pass --head-ip")
-    auth = plan_auth(os.environ, args.token_file)  # a token cluster refuses a driver without it
+    auth = plan_auth(os.environ, target.token_file)  # a token cluster refuses a driver without it
     ensure_token(auth, create=False, environ=os.environ)
     os.environ.update(auth.env)
-    ray_node.connect_driver(address, net.node_ip, quiet=True)
+    ray_node.connect_driver(address, target.node_ip, quiet=True)
     try:
         state = ray_node.cluster_state(args.nodes)
     finally:
         shutdown_driver()
-    url = args.server_url or f"http://{head_ip}:8000"
+    url = target.server_url
     health = health_state(url.rstrip("/") + "/health")
     if args.json:
         print_json({"nodes": [n.to_json() for n in state.nodes], "complete": state.complete,
@@ -205,10 +239,8 @@ def run_status(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def run_stop(args: argparse.Namespace, settings: Settings) -> int:
-    found = discover_here(args)
-    addresses = [a for i in found.interfaces for a in i.addresses] + ([args.node_ip] if args.node_ip else [])
     directory = runstate.run_dir(os.environ)
-    records = runstate.records_for(directory, addresses)
+    records = this_machines_nodes(args)
     if not records:
         log.info("no spark-vllm node runs on this machine")
         return 0

@@ -68,6 +68,9 @@ def run_serve(args: argparse.Namespace, settings: Settings) -> int:
     vargs = engine.parse_serve_args(api, model, args.extra)
     log.info("vLLM %s accepted the flags; forming the cluster", api.version)
 
+    if not ray_node.attach_address(os.environ):  # attached, the real cluster is checked at once
+        engine.check_planned_size(vargs.tensor_parallel_size, vargs.pipeline_parallel_size,
+                                  plan.cluster.nodes, ray_node.this_node_gpus(plan.cluster))
     t0 = time.monotonic()
     with head_cluster(plan) as (node, address):
         state = form_cluster(plan, node, address)
@@ -76,15 +79,16 @@ def run_serve(args: argparse.Namespace, settings: Settings) -> int:
         engine.fill_unset(vargs, par)
         t_cluster = time.monotonic() - t0
         log.info("cluster ready in %.1f s; starting vLLM with %s", t_cluster, par.describe())
-        public = f"http://{plan.cluster.node_ip}:{vargs.port}/v1"
+        server_url = f"http://{plan.cluster.node_ip}:{vargs.port}"
+        public = server_url + "/v1"
 
         def on_ready(seconds: float) -> None:
-            mark(plan, node, "serving")
+            mark(plan, node, "serving", server_url)
             log.info("ready: %s serves %s (cluster %.1f s, engine %.1f s)",
                      public, vargs.served_model_name or [model], t_cluster, seconds)
 
         stop = threading.Event()
-        mark(plan, node, "engine-starting")
+        mark(plan, node, "engine-starting", server_url)
         health.announce_when_ready(health.local_health_url(vargs.host, vargs.port), on_ready, stop)
         try:
             engine.run_server(api, vargs)

@@ -65,6 +65,21 @@ def ray_params(opts: ClusterOptions) -> dict:
     return {k: v for k, v in params.items() if v is not None}
 
 
+def this_node_gpus(opts: ClusterOptions) -> int:
+    """The GPUs this node will give Ray: the flag, one in the simulation, else what
+    Ray's own detection finds (NVML, within CUDA_VISIBLE_DEVICES)."""
+    if opts.num_gpus is not None:
+        return opts.num_gpus
+    if opts.simulate:
+        return 1
+    from ray._private.accelerators import get_accelerator_manager_for_resource
+
+    gpus = get_accelerator_manager_for_resource("GPU")
+    found = gpus.get_current_node_num_accelerators()
+    visible = gpus.get_current_process_visible_accelerator_ids()
+    return found if visible is None else min(found, len(visible))
+
+
 def attach_address(environ) -> str | None:
     """Inside `ray job submit`, or with RAY_ADDRESS set, use that cluster: start nothing."""
     if environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR"):
@@ -88,13 +103,25 @@ class RayNode:
         os.environ["RAY_USAGE_STATS_ENABLED"] = "0"  # else `ray start` asks and waits 10 s
         from ray._private.authentication.authentication_token_setup import ensure_token_if_auth_enabled
         from ray._private.node import Node
+
+        class QuietNode(Node):
+            def check_version_info(self) -> None:
+                """Ray's own check names a joining node by probing 8.8.8.8, which warns
+                "Failed to determine local IP via external connectivity" on every worker
+                start (a Spark's fabric has no route out); name it by its given address."""
+                from ray._common.usage.usage_lib import get_cluster_metadata
+                from ray._private.utils import check_version_info
+
+                cluster = get_cluster_metadata(self.get_gcs_client())
+                if cluster:
+                    check_version_info(cluster, f"node {self._node_ip_address}")
         from ray._private.parameter import RayParams
         from ray._private.utils import write_ray_address
 
         ensure_token_if_auth_enabled(None, create_token_if_missing=False)
         self.opts = opts
         try:
-            self._node = Node(RayParams(**ray_params(opts)), head=opts.head,
+            self._node = QuietNode(RayParams(**ray_params(opts)), head=opts.head,
                               shutdown_at_exit=False, spawn_reaper=True)
         except Exception as exc:  # Ray raises bare Exceptions/ConnectionErrors here
             if _auth_refused(exc):

@@ -1,14 +1,17 @@
-"""Which spark-vllm node process runs on this machine, for `spark-vllm stop`.
+"""Which spark-vllm node process runs on this machine, for `spark-vllm stop` and
+`status`: they find the node from its record, as `ray status` finds Ray, with no
+options.
 
 One small JSON file per node, keyed by the node's fabric address (two simulated
-Sparks share one /tmp), in SPARK_VLLM_RUN_DIR or /tmp/spark-vllm.
+Sparks share one /tmp), in SPARK_VLLM_RUN_DIR or /tmp/spark-vllm. A record holds
+where things are (addresses, interface, the token file's path), never a secret.
 """
 
 from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Iterable, Mapping
 
@@ -24,6 +27,15 @@ class RunRecord:
     # "running"; on a serving head "engine-starting" until vLLM answers /health, when
     # vLLM (0.32) loses a SIGTERM, then "serving".
     state: str = "running"
+    iface: str = ""
+    token_file: str | None = None  # the path only
+    server_url: str | None = None  # a serving head's http://IP:PORT
+
+    @classmethod
+    def from_json(cls, data: dict) -> "RunRecord":
+        """Fields this version does not know (a newer writer) are ignored."""
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
 
 
 def run_dir(environ: Mapping[str, str]) -> Path:
@@ -46,7 +58,7 @@ def write_record(directory: Path, record: RunRecord) -> Path:
 
 def read_record(directory: Path, node_ip: str) -> RunRecord | None:
     try:
-        return RunRecord(**json.loads(record_path(directory, node_ip).read_text()))
+        return RunRecord.from_json(json.loads(record_path(directory, node_ip).read_text()))
     except (OSError, ValueError, TypeError):
         return None
 
@@ -64,6 +76,11 @@ def records_for(directory: Path, addresses: Iterable[str]) -> list[RunRecord]:
     """Records of nodes on these addresses whose process still runs."""
     records = (read_record(directory, ip) for ip in addresses)
     return [rec for rec in records if rec is not None and pid_alive(rec.pid)]
+
+
+def local_node(records: list[RunRecord]) -> RunRecord | None:
+    """The record `status` reads: this machine's head if it runs one, else its worker."""
+    return min(records, key=lambda r: r.role != "head", default=None)
 
 
 def wait_while_starting(directory: Path, record: RunRecord, timeout: float, poll: float = 0.5) -> RunRecord:

@@ -101,6 +101,24 @@ def plan_parallelism(tp: int | None, pp: int | None, backend: str | None, gpus: 
     return Parallelism(tensor, pipeline, backend or "ray", gpus)
 
 
+def check_planned_size(tp: int | None, pp: int | None, nodes: int, gpus_per_node: int) -> None:
+    """Pure, before Ray starts: an explicit TP x PP that `nodes` Sparks can never hold
+    fails now, not after the whole wait for nodes. Sparks are alike, so the cluster is
+    assumed to have `nodes` x this node's GPUs (the joined cluster is checked again)."""
+    if not tp or gpus_per_node < 1:
+        return  # TP defaults to what the cluster has; no GPU here is for the wait to report
+    pipeline = pp or 1
+    need, have = tp * pipeline, nodes * gpus_per_node
+    if need > have:
+        each = f"{gpus_per_node} GPU{'s' if gpus_per_node > 1 else ''}"
+        raise NotEnoughGpus(
+            f"TP {tp} x PP {pipeline} needs {need} GPUs but --nodes {nodes} Sparks of {each} each "
+            f"have {have} (assuming every Spark has this one's GPUs)",
+            f"pass --nodes {-(-need // gpus_per_node)}, or a --tensor-parallel-size of at most "
+            f"{max(1, have // pipeline)}",
+        )
+
+
 def fill_unset(args: argparse.Namespace, par: Parallelism) -> argparse.Namespace:
     """Write the parallelism, and a drain on shutdown unless the user chose one
     (versions without `--shutdown-timeout` lack the attribute and are left alone)."""

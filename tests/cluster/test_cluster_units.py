@@ -4,6 +4,7 @@ plan, Ray's parameters, the node's role, and the run records of `spark-vllm stop
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import signal
 import socket
@@ -335,6 +336,25 @@ def test_records_keyed_by_node_address(tmp_path):
     assert runstate.records_for(tmp_path / "nowhere", [HEAD]) == []
     runstate.record_path(tmp_path / "run", "10.0.0.1").write_text("{not json")
     assert runstate.records_for(tmp_path / "run", ["10.0.0.1"]) == []
+
+
+def test_record_round_trip_with_whereabouts_and_unknown_fields(tmp_path):
+    rec = runstate.RunRecord(os.getpid(), "head", HEAD, f"{HEAD}:6379", "serving", iface="enp1s0f1np1",
+                             token_file="/t/ray-token", server_url=f"http://{HEAD}:8000")
+    path = runstate.write_record(tmp_path, rec)
+    assert runstate.read_record(tmp_path, HEAD) == rec
+    path.write_text(json.dumps({**json.loads(path.read_text()), "from_a_newer_version": 1}))
+    assert runstate.read_record(tmp_path, HEAD) == rec  # a newer writer's extra field is ignored
+    old = {"pid": 1, "role": "worker", "node_ip": WORKER, "gcs_address": f"{HEAD}:6379"}  # an older writer
+    assert runstate.RunRecord.from_json(old) == runstate.RunRecord(1, "worker", WORKER, f"{HEAD}:6379")
+
+
+def test_local_node_prefers_the_head():
+    head = runstate.RunRecord(1, "head", HEAD, f"{HEAD}:6379")
+    worker = runstate.RunRecord(2, "worker", WORKER, f"{HEAD}:6379")
+    assert runstate.local_node([worker, head]) == head
+    assert runstate.local_node([worker]) == worker
+    assert runstate.local_node([]) is None
 
 
 def test_remove_record_only_our_own(tmp_path):

@@ -171,11 +171,15 @@ def test_no_model_on_the_head(one):
     assert "no model given" in assert_one_line_error(out, 2)
 
 
-def test_tp_larger_than_the_cluster_fails_at_once(one, model):
-    out, took = serve(one, model, "--nodes", "1", "--tensor-parallel-size", "4", "--wait-timeout", "60")
+def test_tp_larger_than_the_nodes_can_hold_fails_before_ray(one, model):
+    """TP 4 on --nodes 2 Sparks of one GPU can never fit: fail before Ray starts, not
+    after the whole --wait-timeout (nor vLLM's 30-minute placement-group wait)."""
+    out, took = serve(one, model, "--nodes", "2", "--tensor-parallel-size", "4", "--wait-timeout", "600")
     line = assert_one_line_error(out, 8)
-    assert "TP 4 x PP 1 needs 4 GPUs but the cluster has 1" in line
-    assert took < 90  # not vLLM's 30-minute placement-group wait
+    assert "TP 4 x PP 1 needs 4 GPUs but --nodes 2 Sparks of 1 GPU each have 2" in line
+    assert "pass --nodes 4, or a --tensor-parallel-size of at most 2" in line
+    assert "Ray" not in out.stderr.split("spark-vllm: error:")[0]  # nothing was started
+    assert took < 60
     assert netns.pids(one.netns) == []
 
 

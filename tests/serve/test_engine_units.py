@@ -1,0 +1,64 @@
+"""The pure serving decisions: parallelism against the cluster's GPUs, and the size
+check made before Ray starts."""
+
+from __future__ import annotations
+
+import argparse
+
+import pytest
+
+from orchestrator.errors import BadServeFlags, NotEnoughGpus
+from orchestrator.serve.engine import DRAIN_SECONDS, check_planned_size, fill_unset, plan_parallelism
+
+
+def test_default_tp_spans_every_gpu_over_ray():
+    par = plan_parallelism(None, None, None, gpus=2)
+    assert (par.tensor, par.pipeline, par.backend) == (2, 1, "ray")
+    assert par.describe() == "TP 2 x PP 1 over 2 GPU(s), executor ray"
+
+
+def test_default_tp_with_pipeline_stages():
+    assert (plan_parallelism(None, 2, None, gpus=4).tensor, plan_parallelism(None, 2, "mp", gpus=4).backend) == (2, "mp")
+
+
+def test_tp_larger_than_the_joined_cluster():
+    with pytest.raises(NotEnoughGpus, match="TP 4 x PP 1 needs 4 GPUs but the cluster has 2"):
+        plan_parallelism(4, None, None, gpus=2)
+
+
+def test_zero_sizes_are_refused():
+    with pytest.raises(BadServeFlags):
+        plan_parallelism(0, -1, None, gpus=2)
+
+
+@pytest.mark.parametrize("tp, pp, nodes, per_node", [
+    (None, None, 2, 1),  # TP defaults to the cluster: nothing to check yet
+    (2, None, 2, 1), (4, None, 4, 1), (2, 2, 4, 1), (4, None, 2, 2),
+    (4, None, 2, 0),  # no GPU seen here: the wait for GPU nodes reports it
+])
+def test_planned_size_that_fits(tp, pp, nodes, per_node):
+    check_planned_size(tp, pp, nodes, per_node)
+
+
+def test_planned_size_names_the_numbers_and_the_fix():
+    with pytest.raises(NotEnoughGpus) as exc:
+        check_planned_size(4, None, 2, 1)
+    assert exc.value.message == ("TP 4 x PP 1 needs 4 GPUs but --nodes 2 Sparks of 1 GPU each have 2 "
+                                 "(assuming every Spark has this one's GPUs)")
+    assert exc.value.hint == "pass --nodes 4, or a --tensor-parallel-size of at most 2"
+
+
+def test_planned_size_with_pipeline_and_several_gpus_rounds_nodes_up():
+    with pytest.raises(NotEnoughGpus) as exc:
+        check_planned_size(3, 2, 2, 2)
+    assert "TP 3 x PP 2 needs 6 GPUs but --nodes 2 Sparks of 2 GPUs each have 4" in exc.value.message
+    assert exc.value.hint == "pass --nodes 3, or a --tensor-parallel-size of at most 2"
+
+
+def test_fill_unset_keeps_a_chosen_drain():
+    par = plan_parallelism(None, None, None, gpus=2)
+    unset = fill_unset(argparse.Namespace(shutdown_timeout=None), par)
+    chosen = fill_unset(argparse.Namespace(shutdown_timeout=5), par)
+    assert (unset.shutdown_timeout, chosen.shutdown_timeout) == (DRAIN_SECONDS, 5)
+    assert (unset.tensor_parallel_size, unset.distributed_executor_backend) == (2, "ray")
+    assert not hasattr(fill_unset(argparse.Namespace(), par), "shutdown_timeout")  # old vLLM: left alone

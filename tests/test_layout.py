@@ -1,0 +1,86 @@
+"""The layout holds: one package a stage, data flowing one way, the product never
+importing the simulation, and an installed (not editable) package that works."""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+import venv
+import zipfile
+
+import pytest
+
+from conftest import REPO
+
+PRODUCT = ("net", "cluster", "serve", "models", "ops")
+# A stage may import the stages before it, never one after it (discover, plan, apply,
+# cluster, serve, supervise), nor the simulation.
+ORDER = ("net", "cluster", "models", "serve", "ops")
+
+
+def imported_stages(path, root=REPO) -> set[str]:
+    """The orchestrator sub-packages a module imports (absolute or relative)."""
+    parts = path.relative_to(root).parts  # ("orchestrator", stage, module) or ("orchestrator", module)
+    package = parts[1] if len(parts) > 2 else ""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom):
+            if node.level == 0 and node.module and node.module.startswith("orchestrator."):
+                found.add(node.module.split(".")[1])
+            elif node.level == 1 and package:
+                found.add(package)
+            elif node.level == 2:
+                found.add(node.module.split(".")[0] if node.module else "")
+                found.update(a.name for a in node.names if not node.module)
+        elif isinstance(node, ast.Import):
+            found.update(a.name.split(".")[1] for a in node.names if a.name.startswith("orchestrator."))
+    return found
+
+
+def product_modules():
+    for stage in PRODUCT:
+        yield from sorted((REPO / "orchestrator" / stage).glob("*.py"))
+    yield REPO / "orchestrator" / "errors.py"
+    yield REPO / "orchestrator" / "settings.py"
+
+
+@pytest.mark.parametrize("path", list(product_modules()), ids=lambda p: str(p.relative_to(REPO)))
+def test_the_product_never_imports_the_simulation_nor_a_later_stage(path):
+    stages = imported_stages(path)
+    assert "sim" not in stages
+    own = path.parent.name
+    if own in ORDER:
+        later = set(ORDER[ORDER.index(own) + 1:])
+        assert not stages & later, f"{path.name} imports a later stage: {stages & later}"
+
+
+def test_the_checker_sees_relative_and_absolute_imports(tmp_path):
+    (tmp_path / "orchestrator" / "net").mkdir(parents=True)
+    probe = tmp_path / "orchestrator" / "net" / "probe.py"
+    probe.write_text("from ..sim import netns\nfrom orchestrator.serve.engine import x\nfrom .plan import y\n")
+    assert imported_stages(probe, root=tmp_path) == {"sim", "serve", "net"}
+
+
+def test_installed_wheel_ships_every_package_and_the_vllm_plugin(tmp_path):
+    """`pip install .` (not editable) in a fresh venv: every module is in the wheel and
+    vLLM's platform-plugin entry point resolves (it is loaded by every vLLM process)."""
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation",
+                    "-w", str(tmp_path / "dist"), str(REPO)], check=True, capture_output=True)
+    wheel = next((tmp_path / "dist").glob("spark_vllm-*.whl"))
+    names = set(zipfile.ZipFile(wheel).namelist())
+    sources = {str(p.relative_to(REPO)) for d in ("orchestrator", "launch") for p in (REPO / d).rglob("*.py")}
+    assert sources <= names, sorted(sources - names)
+
+    venv.create(tmp_path / "venv", with_pip=False)
+    py = str(tmp_path / "venv" / "bin" / "python")
+    site = subprocess.run([py, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                          capture_output=True, text=True, check=True).stdout.strip()
+    zipfile.ZipFile(wheel).extractall(site)  # what pip does for a pure wheel, offline
+    probe = ("import os; from importlib import metadata\n"
+             "ep, = [e for e in metadata.entry_points(group='vllm.platform_plugins') if e.name == 'spark_vllm_sim']\n"
+             "f = ep.load(); off = f(); os.environ['SPARK_VLLM_SIMULATE'] = '1'\n"
+             "print(off, f(), metadata.entry_points(group='console_scripts')['spark-vllm'].value)")
+    out = subprocess.run([py, "-c", probe], capture_output=True, text=True, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["None", "orchestrator.sim.vllm_platform.SimulatedSparkPlatform", "launch.cli:main"]
