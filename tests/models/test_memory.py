@@ -1,0 +1,83 @@
+"""The memory fit, as plain arithmetic, with the playbook's models."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from orchestrator.errors import ModelDoesNotFit, UsageError
+from orchestrator.models.matrix import load_matrix
+from orchestrator.models.memory import (GiB, SPARK_MEMORY, FitRequest, check_fit, local_weights_bytes, parse_size,
+                                        plan_fit, shape_from_config)
+
+# Llama 3.1 405B's config.json (the fields the KV cache depends on)
+LLAMA_405B = {"num_hidden_layers": 126, "num_attention_heads": 128, "num_key_value_heads": 8,
+              "hidden_size": 16384, "torch_dtype": "float16", "max_position_embeddings": 131072}
+LLAMA_70B = {"num_hidden_layers": 80, "num_attention_heads": 64, "num_key_value_heads": 8,
+             "hidden_size": 8192, "torch_dtype": "bfloat16", "max_position_embeddings": 131072}
+AWQ_405B_BYTES = 203 * GiB  # its model card
+
+
+def request(weights, config, max_len, nodes, util=0.9, **kw):
+    shape = shape_from_config(config)
+    return FitRequest(weights=weights, kv_per_token=shape.kv_bytes_per_token(), max_model_len=max_len,
+                      gpu_memory=SPARK_MEMORY, utilization=util, tensor=nodes, pipeline=1, **kw)
+
+
+def test_parse_size():
+    assert parse_size("128G") == 128 * 10**9
+    assert parse_size("119.5GiB") == int(119.5 * GiB)
+    assert parse_size("500m") == 500 * 10**6
+    assert parse_size("1024") == 1024
+    with pytest.raises(UsageError):
+        parse_size("lots")
+
+
+def test_kv_bytes_per_token_from_config():
+    assert shape_from_config(LLAMA_405B).kv_bytes_per_token() == 2 * 126 * 8 * 128 * 2
+    assert shape_from_config(LLAMA_70B).kv_bytes_per_token(kv_dtype_bytes=1) == 2 * 80 * 8 * 128
+    nested = shape_from_config({"text_config": LLAMA_70B, "torch_dtype": "bfloat16"})
+    assert (nested.layers, nested.kv_heads, nested.head_dim) == (80, 8, 128)
+
+
+def test_405b_with_the_playbooks_preset_fits_two_sparks_but_tight():
+    report = check_fit(plan_fit(request(AWQ_405B_BYTES, LLAMA_405B, 256, nodes=2, util=1.0)), "405b")
+    assert report.fits and report.tight
+    assert report.budget == SPARK_MEMORY - 8 * GiB  # utilization 1.0: the host's share is what limits
+
+
+def test_405b_at_its_full_context_is_refused_with_the_numbers():
+    report = plan_fit(request(AWQ_405B_BYTES, LLAMA_405B, 131072, nodes=2))
+    assert not report.fits
+    with pytest.raises(ModelDoesNotFit, match=r"weights 101\.5 GiB \+ KV cache 31\.5 GiB .* of 107\.3 GiB usable"):
+        check_fit(report, "405b")
+
+
+def test_70b_bf16_needs_two_sparks():
+    weights = int(141.1e9)
+    assert not plan_fit(request(weights, LLAMA_70B, 2048, nodes=1)).fits
+    two = plan_fit(request(weights, LLAMA_70B, 2048, nodes=2))
+    assert two.fits and not two.tight
+
+
+def test_kv_cache_bytes_replace_the_floor_and_the_utilization():
+    r = request(10 * GiB, LLAMA_70B, 131072, nodes=1, util=0.1, kv_cache_bytes=GiB)
+    report = plan_fit(r)
+    assert report.kv == GiB and report.budget == SPARK_MEMORY - 8 * GiB and report.fits
+
+
+@pytest.mark.parametrize("entry", load_matrix().models, ids=lambda e: e.handle)
+def test_matrix_sparks_column_agrees_with_the_fit(entry):
+    """Weights alone: a one-Spark row fits one Spark; a two-Spark row fits two but not one."""
+    def fits(nodes):
+        return plan_fit(FitRequest(int(entry.size_gb * 1e9), 0, 0, SPARK_MEMORY, 0.9, nodes, 1)).fits
+    assert fits(entry.nodes)
+    assert entry.nodes == 1 or not fits(entry.nodes - 1)
+
+
+def test_local_weights_from_safetensors_headers(tmp_path):
+    save_file({"a": torch.zeros(10, 10, dtype=torch.bfloat16), "b": torch.zeros(3, dtype=torch.float32)},
+              tmp_path / "model-00001-of-00002.safetensors")
+    save_file({"c": torch.zeros(4, 4, dtype=torch.float8_e4m3fn)}, tmp_path / "model-00002-of-00002.safetensors")
+    assert local_weights_bytes(tmp_path) == 200 + 12 + 16
