@@ -155,3 +155,22 @@ def check_fit(report: FitReport, model: str) -> FitReport:
             "or pick a smaller quantization (spark-vllm models)",
         )
     return report
+
+
+DEFAULT_UTILIZATION = 0.9  # vLLM's default --gpu-memory-utilization
+
+
+def fit_request(weights: int, config: dict, args, tensor: int, pipeline: int, gpu_memory: int,
+                unified: bool) -> FitRequest:
+    """Pure: the request from vLLM's parsed flags (`args`) and the model's config.json.
+    An unset --max-model-len is the model's own context (max_position_embeddings)."""
+    shape = shape_from_config(config)
+    kv_dtype = str(getattr(args, "kv_cache_dtype", None) or "auto")
+    kv_bytes = 1 if kv_dtype.startswith("fp8") else None
+    return FitRequest(
+        weights=weights, kv_per_token=shape.kv_bytes_per_token(kv_bytes),
+        max_model_len=int(getattr(args, "max_model_len", None) or shape.max_position or 0),
+        gpu_memory=gpu_memory, utilization=float(getattr(args, "gpu_memory_utilization", None) or DEFAULT_UTILIZATION),
+        tensor=tensor, pipeline=pipeline, kv_cache_bytes=getattr(args, "kv_cache_memory_bytes", None),
+        unified=unified,
+    )

@@ -8,8 +8,11 @@ from safetensors.torch import save_file
 
 from orchestrator.errors import ModelDoesNotFit, UsageError
 from orchestrator.models.matrix import load_matrix
-from orchestrator.models.memory import (GiB, SPARK_MEMORY, FitRequest, check_fit, local_weights_bytes, parse_size,
-                                        plan_fit, shape_from_config)
+from orchestrator.models.memory import (GiB, SPARK_MEMORY, FitRequest, check_fit, fit_request, local_weights_bytes,
+                                        parse_size, plan_fit, shape_from_config)
+from orchestrator.models.probe import parse_meminfo, parse_nvidia_smi
+from orchestrator.serve import engine
+from orchestrator.serve.compat import load_vllm_api
 
 # Llama 3.1 405B's config.json (the fields the KV cache depends on)
 LLAMA_405B = {"num_hidden_layers": 126, "num_attention_heads": 128, "num_key_value_heads": 8,
@@ -81,3 +84,25 @@ def test_local_weights_from_safetensors_headers(tmp_path):
               tmp_path / "model-00001-of-00002.safetensors")
     save_file({"c": torch.zeros(4, 4, dtype=torch.float8_e4m3fn)}, tmp_path / "model-00002-of-00002.safetensors")
     assert local_weights_bytes(tmp_path) == 200 + 12 + 16
+
+
+def test_fit_request_from_vllms_parsed_flags():
+    """The 405B preset as vLLM's real parser reads it, through fit_request, is the tight fit."""
+    api = load_vllm_api()
+    preset = load_matrix().find("hugging-quants/Meta-Llama-3.1-405B-Instruct-AWQ-INT4").preset
+    args = engine.parse_flags(engine.serve_parser(api), "m", list(preset))
+    r = fit_request(AWQ_405B_BYTES, LLAMA_405B, args, 2, 1, SPARK_MEMORY, unified=True)
+    assert (r.max_model_len, r.utilization, r.kv_cache_bytes) == (256, 1.0, None)
+    assert plan_fit(r).tight
+    plain = fit_request(AWQ_405B_BYTES, LLAMA_405B, engine.parse_flags(engine.serve_parser(api), "m",
+                                                                       ["--kv-cache-dtype", "fp8"]), 2, 1,
+                        SPARK_MEMORY, unified=True)
+    default = engine.parse_flags(engine.serve_parser(api), "m", []).gpu_memory_utilization  # 0.92 in 0.32
+    assert (plain.max_model_len, plain.utilization) == (131072, default)  # the model's own context, vLLM's default
+    assert plain.kv_per_token == 2 * 126 * 8 * 128
+
+
+def test_probe_parsers():
+    assert parse_nvidia_smi("81559\n81559\n") == 81559 << 20
+    assert parse_nvidia_smi("[N/A]\n") is None  # a Spark: unified memory
+    assert parse_meminfo("MemTotal:       130653580 kB\nMemFree: 1 kB\n") == 130653580 * 1024
