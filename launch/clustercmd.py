@@ -173,7 +173,9 @@ def run_worker_plan(plan: NodePlan) -> int:
     return 0
 
 
-def run_status(args: argparse.Namespace, settings: Settings) -> int:
+def connect_existing(args: argparse.Namespace) -> str:
+    """Connect this process as a driver to the running cluster (RAY_ADDRESS, or the head
+    at --head-ip, else this node); returns the head's address. ClusterError if none answers."""
     found = discover_here(args)
     net = plan_network(found, os.environ, iface=args.iface, head_ip=args.head_ip, node_ip=args.node_ip)
     head_ip = net.head_ip or net.node_ip
@@ -185,6 +187,11 @@ def run_status(args: argparse.Namespace, settings: Settings) -> int:
     ensure_token(auth, create=False, environ=os.environ)
     os.environ.update(auth.env)
     ray_node.connect_driver(address, net.node_ip, quiet=True)
+    return head_ip
+
+
+def run_status(args: argparse.Namespace, settings: Settings) -> int:
+    head_ip = connect_existing(args)
     try:
         state = ray_node.cluster_state(args.nodes)
     finally:

@@ -18,6 +18,7 @@ from typing import Callable
 from .. import errors
 from ..cluster.nodes import ClusterState, NodeInfo
 from .hub import HubAccess, cached_bytes, fetch_here
+from .memory import fmt
 
 PROGRESS_EVERY = 1.0  # seconds between a node's progress reports
 
@@ -78,8 +79,8 @@ class ProgressBoard:
 
 
 def describe_progress(progress: dict[str, tuple[int, int]]) -> str:
-    """Pure: `192.168.100.10 100% (3.1 of 3.1 GB), 192.168.100.11 40% (1.2 of 3.1 GB)`."""
-    return ", ".join(f"{node} {100 * done // max(1, total)}% ({done / 1e9:.1f} of {total / 1e9:.1f} GB)"
+    """Pure: `192.168.100.10 100% (3.1 of 3.1 GiB), 192.168.100.11 40% (1.2 GiB of 3.1 GiB)`."""
+    return ", ".join(f"{node} {100 * done // max(1, total)}% ({fmt(done)} of {fmt(total)})"
                      for node, (done, total) in sorted(progress.items()))
 
 

@@ -48,7 +48,11 @@ def parse_size(text: str) -> int:
 
 
 def fmt(n: float) -> str:
-    return f"{n / GiB:.1f} GiB" if n >= GiB / 10 else f"{n / (1 << 20):.1f} MiB"
+    """Bytes for people: GiB, MiB or KiB, one decimal."""
+    for unit, size in (("GiB", GiB), ("MiB", 1 << 20)):
+        if n >= size / 10:
+            return f"{n / size:.1f} {unit}"
+    return f"{n / 1024:.1f} KiB"
 
 
 @dataclass(frozen=True)

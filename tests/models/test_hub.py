@@ -8,6 +8,7 @@ import shutil
 import pytest
 
 import fakehub
+from orchestrator.models.fetch import describe_progress, raise_value
 from orchestrator.errors import BadToken, GatedModel, NotEnoughDisk, OfflineNotCached, RepoNotFound
 from orchestrator.models.hub import (HubAccess, cached_bytes, fetch_here, plan_repo, repo_cache_dir, require_disk,
                                      select_files)
@@ -112,3 +113,11 @@ def test_not_enough_disk_names_the_numbers():
         require_disk("big/model", 200 * 10**9, 50 * 10**9, "spark2 (/cache)")
     assert require_disk("m", 10, 10 * 10**9, "here") == 10
     assert require_disk("m", 0, 0, "here") == 0  # all cached: no space needed
+
+
+def test_progress_line_and_errors_from_a_node():
+    assert describe_progress({"10.0.0.2": (0, 2 << 30), "10.0.0.1": (1 << 30, 2 << 30)}) == (
+        "10.0.0.1 50% (1.0 GiB of 2.0 GiB), 10.0.0.2 0% (0.0 KiB of 2.0 GiB)")
+    raise_value({"folder": "/x"}, "n")  # a report, not an error
+    with pytest.raises(GatedModel, match="^on 10.0.0.2: m is gated"):
+        raise_value({"error": "GatedModel", "message": "m is gated", "hint": "ask"}, "10.0.0.2")
