@@ -20,6 +20,7 @@ from orchestrator.sim import netns
 from orchestrator.sim.tinymodel import make_tiny_model
 
 HUB_PORT = 8765
+BIG = "hugging-quants/Meta-Llama-3.1-405B-Instruct-AWQ-INT4"  # the tiny model, under the 405B's name (its preset)
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +32,7 @@ def sparks(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("prefetch")
     root = tmp / "hub"
     model = make_tiny_model(tmp / "tiny")
-    for repo in ("tiny--llama", "gated--llama"):
+    for repo in ("tiny--llama", "gated--llama", BIG.replace("/", "--")):
         shutil.copytree(model, root / repo)
     (root / "gated--llama" / ".gated").touch()
     with netns.SimNetwork(nodes=2, prefix=PREFIX) as net:
@@ -117,23 +118,27 @@ def test_download_on_a_running_cluster(sparks):
         stop(h, w)
 
 
-def test_serve_prefetches_on_both_nodes_then_refuses_a_model_too_big(sparks):
+def test_serve_applies_the_preset_prefetches_on_both_nodes_then_refuses_a_model_too_big(sparks):
+    """The 405B's handle (the tiny model behind it): its preset is taken, less the flag the
+    user gave in another spelling; the weights reach both nodes while the head waits; the
+    fit check then refuses a 9 GB GPU with the numbers, before any engine starts."""
     net, envs, tmp = sparks
     head, worker = net.nodes
-    for env in envs:
-        shutil.rmtree(cache(env, "tiny/llama"), ignore_errors=True)
-    h = launch(head, envs[0], tmp / "serve-head.log", "serve", "tiny/llama", "--simulate", "--nodes", "2",
-               "--gpu-memory", "9G", "--max-model-len", "512")
+    h = launch(head, envs[0], tmp / "serve-head.log", "serve", BIG, "--simulate", "--nodes", "2",
+               "--gpu-memory", "9G", "--max_model_len=512")
     w = launch(worker, envs[1], tmp / "serve-worker.log", "serve", "--head-ip", head.ip, "--simulate")
     try:
         assert h.wait(240) == 12
         log = (tmp / "serve-head.log").read_text()
-        assert f"tiny/llama is on every node: {head.ip}" in log and worker.ip in log.split("is on every node")[1]
+        assert (f"preset for {BIG}: --gpu-memory-utilization 1.0 --max-num-seqs 1 --max-num-batched-tokens 256; "
+                "your flags replace: --max-model-len 256") in log
+        assert f"{BIG} is on every node: {head.ip}" in log and worker.ip in log.split("is on every node")[1]
         errors = [ln for ln in log.splitlines() if ln.startswith("spark-vllm: error:")]
-        assert len(errors) == 1 and "tiny/llama does not fit: per GPU: weights" in errors[0], log[-3000:]
+        assert len(errors) == 1 and f"{BIG} does not fit: per GPU: weights" in errors[0], log[-3000:]
         # 9 GB of unified memory less the host's 8 GiB: 0.4 GiB left, short of the 2 GiB runtime alone
         assert "= 2.0 GiB of 0.4 GiB usable, over 2 GPU(s)" in errors[0]
+        assert "Traceback" not in log
         for env in envs:
-            assert list(cache(env, "tiny/llama").glob("snapshots/*/model.safetensors"))
+            assert list(cache(env, BIG).glob("snapshots/*/model.safetensors"))
     finally:
         stop(h, w)
