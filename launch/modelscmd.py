@@ -149,7 +149,5 @@ def check_memory(found: source.ModelSource, vargs, par, state, args: argparse.Na
     config = source.load_config(found, HubAccess.from_env(os.environ))
     request = memory.fit_request(found.weights_bytes, config, vargs, par.tensor, par.pipeline, gpu_memory, unified)
     report = memory.check_fit(memory.plan_fit(request), found.model)
-    how = "unified memory, less the host's share" if unified else "GPU memory"
-    (log.warning if report.tight else log.info)(
-        "memory fit%s: %s (%s x --gpu-memory-utilization, %s)", " is TIGHT" if report.tight else "",
-        report.describe(), memory.fmt(gpu_memory), how)
+    (log.warning if report.tight else log.info)("memory fit%s: %s (usable: %s)", " is TIGHT" if report.tight else "",
+                                                report.describe(), memory.budget_basis(request))

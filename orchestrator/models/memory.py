@@ -150,6 +150,16 @@ def plan_fit(r: FitRequest) -> FitReport:
     return FitReport(weights + kv + RUNTIME_OVERHEAD, max(0, budget), weights, kv, RUNTIME_OVERHEAD, split)
 
 
+def budget_basis(r: FitRequest) -> str:
+    """Pure: how the per-GPU budget was counted, for the log."""
+    memory = f"{fmt(r.gpu_memory)} {'of unified memory' if r.unified else 'GPU memory'}"
+    host = f" less the host's {fmt(HOST_RESERVE)}" if r.unified else ""
+    if r.kv_cache_bytes is not None:
+        return f"{memory}{host}; --kv-cache-memory-bytes replaces --gpu-memory-utilization"
+    return f"the smaller of {memory} x {r.utilization:g} (--gpu-memory-utilization) and {memory}{host}" if host \
+        else f"{memory} x {r.utilization:g} (--gpu-memory-utilization)"
+
+
 def check_fit(report: FitReport, model: str) -> FitReport:
     """Raise ModelDoesNotFit with the numbers; return the report when it fits (maybe tight)."""
     if not report.fits:

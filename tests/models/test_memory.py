@@ -8,7 +8,7 @@ from safetensors.torch import save_file
 
 from orchestrator.errors import ModelDoesNotFit, UsageError
 from orchestrator.models.matrix import load_matrix
-from orchestrator.models.memory import (GiB, SPARK_MEMORY, FitRequest, check_fit, fit_request, local_weights_bytes,
+from orchestrator.models.memory import (GiB, SPARK_MEMORY, FitRequest, budget_basis, check_fit, fit_request, local_weights_bytes,
                                         parse_size, plan_fit, shape_from_config)
 from orchestrator.models.probe import parse_meminfo, parse_nvidia_smi
 from orchestrator.serve import engine
@@ -106,3 +106,12 @@ def test_probe_parsers():
     assert parse_nvidia_smi("81559\n81559\n") == 81559 << 20
     assert parse_nvidia_smi("[N/A]\n") is None  # a Spark: unified memory
     assert parse_meminfo("MemTotal:       130653580 kB\nMemFree: 1 kB\n") == 130653580 * 1024
+
+
+def test_budget_basis_says_how_memory_was_counted():
+    spark = request(GiB, LLAMA_70B, 2048, nodes=2)
+    assert budget_basis(spark) == ("the smaller of 119.2 GiB of unified memory x 0.9 (--gpu-memory-utilization) "
+                                   "and 119.2 GiB of unified memory less the host's 8.0 GiB")
+    discrete = FitRequest(GiB, 0, 0, 80 * GiB, 0.9, 1, 1, unified=False)
+    assert budget_basis(discrete) == "80.0 GiB GPU memory x 0.9 (--gpu-memory-utilization)"
+    assert "--kv-cache-memory-bytes replaces" in budget_basis(request(GiB, LLAMA_70B, 1, 1, kv_cache_bytes=GiB))
