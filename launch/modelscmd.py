@@ -39,6 +39,8 @@ def register(sub, settings: Settings) -> None:
     p.add_argument("--token-file", default=settings.token_file, metavar="PATH",
                    help="the cluster's Ray auth token file, if it uses one (env SPARK_VLLM_TOKEN_FILE)")
     p.add_argument("--timeout", type=float, default=24 * 3600, metavar="S", help="give up after S seconds")
+    p.add_argument("--hub-on-every-node", action="store_true",
+                   help="download from the Hub on every node, instead of once on the head and copying over the fabric")
     add_json(p)
     p.set_defaults(func=run_download)
 
@@ -67,7 +69,8 @@ def run_download(args: argparse.Namespace, settings: Settings) -> int:
         try:
             found = model_source(args.model)  # the Hub's answer before any node writes a byte
             state = ray_node.cluster_state(1)
-            pf = Prefetch(found.model, on_progress=lambda line: log.info("fetching %s: %s", found.model, line))
+            pf = Prefetch(found.model, on_progress=lambda line: log.info("fetching %s: %s", found.model, line),
+                          via_head=not args.hub_on_every_node)
             reports = pf.finish(state, timeout=args.timeout)
         finally:
             shutdown_driver()

@@ -8,7 +8,7 @@ sizes), `GET /api/models/{repo}/tree/{rev}` (snapshot_download's listing), and
 401 + `X-Error-Code: RepoNotFound` for an unknown repository, 403 + `X-Error-Code:
 GatedRepo` for a gated one without access, 401 + `X-Error-Message: Invalid credentials
 in Authorization header` for a bad token. Run as a script inside a namespace:
-`python tests/fakehub.py ROOT HOST PORT`, ROOT holding one folder a repository
+`python tests/fakehub.py ROOT HOST PORT [BYTES_PER_S]`, ROOT holding one folder a repository
 (`org--name/`, plus an empty file `.gated` to gate it).
 """
 
@@ -19,6 +19,7 @@ import json
 import re
 import sys
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import unquote, urlparse
@@ -30,6 +31,8 @@ class Hub:
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
         self.requests: list[tuple[str, str]] = []
+        self.file_bytes = 0  # bytes of repository files sent (GET resolve)
+        self.rate = 0.0  # bytes/s shared by all clients (0: unlimited), like a site's uplink
         self.lock = threading.Lock()
 
     def repo(self, repo_id: str) -> Path | None:
@@ -78,6 +81,8 @@ class Handler(BaseHTTPRequestHandler):
         path = unquote(url.path)
         with self.hub.lock:
             self.hub.requests.append((self.command, path))
+        if path == "/_stats":  # for the tests: how many bytes of files were served
+            return self.send(200, json.dumps({"file_bytes": self.hub.file_bytes}).encode())
         auth = self.headers.get("Authorization", "")
         token = auth.removeprefix("Bearer ").strip() if auth else None
         if token and token != GOOD_TOKEN:
@@ -114,17 +119,31 @@ class Handler(BaseHTTPRequestHandler):
         headers = {"X-Repo-Commit": sha, "ETag": f'"{hashlib.sha256(data).hexdigest()}"',
                    "Accept-Ranges": "bytes", "Content-Type": "application/octet-stream"}
         rng = re.fullmatch(r"bytes=(\d+)-(\d*)", self.headers.get("Range", ""))
+        start, end = 0, len(data) - 1
         if rng and body:
             start, end = int(rng.group(1)), int(rng.group(2) or len(data) - 1)
             headers["Content-Range"] = f"bytes {start}-{end}/{len(data)}"
-            return self.send(206, data[start:end + 1], headers)
-        headers["Content-Length"] = len(data)
-        self.send_response(200)
+        headers["Content-Length"] = end + 1 - start
+        self.send_response(206 if rng and body else 200)
         for k, v in headers.items():
             self.send_header(k, str(v))
         self.end_headers()
         if body:
-            self.wfile.write(data)
+            self.stream(data[start:end + 1])
+
+    def stream(self, data: bytes, chunk: int = 1 << 20) -> None:
+        """Send, holding the Hub's shared rate: each chunk waits for its turn on the uplink."""
+        for i in range(0, len(data), chunk):
+            piece = data[i:i + chunk]
+            if self.hub.rate:
+                with self.hub.lock:
+                    now = time.monotonic()
+                    self.hub.free_at = max(getattr(self.hub, "free_at", now), now) + len(piece) / self.hub.rate
+                    wait = self.hub.free_at - now
+                time.sleep(wait)
+            self.wfile.write(piece)
+            with self.hub.lock:
+                self.hub.file_bytes += len(piece)
 
 
 def serve(root: Path, host: str = "127.0.0.1", port: int = 0) -> tuple[ThreadingHTTPServer, Hub]:
@@ -139,6 +158,7 @@ def serve(root: Path, host: str = "127.0.0.1", port: int = 0) -> tuple[Threading
 
 if __name__ == "__main__":
     root, host, port = sys.argv[1], sys.argv[2], int(sys.argv[3])
-    server, _ = serve(Path(root), host, port)
+    server, state = serve(Path(root), host, port)
+    state.rate = float(sys.argv[4]) if len(sys.argv) > 4 else 0.0
     print(f"fakehub on http://{host}:{server.server_address[1]}", flush=True)
     threading.Event().wait()

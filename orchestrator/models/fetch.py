@@ -1,6 +1,9 @@
 """Weights on every node: one Ray task pinned to each GPU node (node affinity, as
-`versions.collect_reports` does) fetches the model into that node's own cache, in
-parallel, with progress per node.
+`versions.collect_reports` does) puts the model into that node's own cache, with
+progress per node. One Hub download per cluster (`via_head`, the default): the head's
+task downloads from the Hub, and each other node's task copies the head's snapshot over
+the fabric (mirror.py) once it is there; Ray itself holds the copies back until the
+head's download has finished (they take its manifest as an argument).
 
 Each task reads its node's environment (HF_TOKEN or the stored login, HF_HOME,
 HF_ENDPOINT, HF_HUB_OFFLINE): the token never leaves the node it belongs to.
@@ -18,6 +21,7 @@ from typing import Callable
 from .. import errors
 from ..cluster.nodes import ClusterState, NodeInfo
 from .hub import HubAccess, cached_bytes, fetch_here
+from .mirror import SnapshotServer, copy_from_head
 from .memory import fmt
 
 PROGRESS_EVERY = 1.0  # seconds between a node's progress reports
@@ -65,6 +69,29 @@ def fetch_task(repo_id: str, node_ip: str, board) -> dict:
         done.set()
 
 
+def copy_task(manifest: dict, repo_id: str, node_ip: str, board) -> dict:
+    """What runs on a worker in `via_head` mode: the head's snapshot over the fabric."""
+    if "error" in manifest:
+        return {**manifest, "message": f"the head's download failed: {manifest['message']}"}
+    total = sum(f["size"] for f in manifest["files"])
+    done, last = [0], [0.0]
+
+    def on_bytes(n: int) -> None:
+        done[0] += n
+        if time.monotonic() - last[0] > PROGRESS_EVERY:
+            last[0] = time.monotonic()
+            board.report.remote(node_ip, min(done[0], total), total)
+
+    try:
+        report = copy_from_head(manifest, repo_id, node_ip, on_bytes)
+        board.report.remote(node_ip, total, total)
+        return report
+    except errors.SparkVllmError as exc:
+        return error_value(exc)
+    except OSError as exc:
+        return error_value(errors.HubError(f"the copy from the head failed: {exc}", "run it again: it resumes"))
+
+
 class ProgressBoard:
     """A tiny Ray actor the tasks report to and the head reads: node -> (done, total)."""
 
@@ -91,21 +118,43 @@ class Prefetch:
     repo_id: str
     on_progress: Callable[[str], None]
     interval: float = 5.0
+    via_head: bool = True  # one Hub download (the head's), copies over the fabric for the others
 
     def __post_init__(self) -> None:
         self.refs: dict[str, object] = {}
         self.board = None
+        self.server = None  # the head's SnapshotServer actor
+        self.manifest = None  # its manifest, an ObjectRef the copies wait on
         self.lock = threading.Lock()
 
     def start_for(self, nodes) -> None:
         import ray
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
         with self.lock:
             if self.board is None:
                 self.board = ray.remote(num_cpus=0)(ProgressBoard).remote()
+            head = next((n for n in nodes if n.head), None)
+            if self.via_head and self.manifest is None and head is not None:
+                self.refs[head.ip] = on_node(fetch_task, head, self.repo_id, head.ip, self.board)
+                self.server = ray.remote(num_cpus=0)(SnapshotServer).options(
+                    scheduling_strategy=NodeAffinitySchedulingStrategy(head.node_id, soft=False),
+                ).remote(self.repo_id, head.ip, self.refs[head.ip])
+                self.manifest = self.server.manifest.remote()
             for n in nodes:
-                if n.ip not in self.refs:
+                if n.ip in self.refs:
+                    continue
+                if self.manifest is not None:
+                    self.refs[n.ip] = on_node(copy_task, n, self.manifest, self.repo_id, n.ip, self.board)
+                else:  # each from the Hub: asked for, or no head among the GPU nodes to copy from
                     self.refs[n.ip] = on_node(fetch_task, n, self.repo_id, n.ip, self.board)
+
+    def close(self) -> None:
+        import ray
+
+        if self.server is not None:
+            ray.kill(self.server)
+            self.server = None
 
     def follow_joins(self, want: int, stop: threading.Event) -> threading.Thread:
         """In the background, while the head waits for the nodes: start each node's fetch
@@ -126,6 +175,12 @@ class Prefetch:
 
     def finish(self, state: ClusterState, timeout: float) -> dict[str, dict]:
         """Start what is missing, wait for every node, log progress; raise a node's error."""
+        try:
+            return self._wait(state, timeout)
+        finally:
+            self.close()
+
+    def _wait(self, state: ClusterState, timeout: float) -> dict[str, dict]:
         import ray
 
         self.start_for(state.gpu_nodes)

@@ -52,6 +52,14 @@ def sparks(tmp_path_factory):
             hub.wait(10)
 
 
+def hub_bytes(head) -> int:
+    """Bytes of files the fake Hub has sent so far (asked from inside the head's namespace)."""
+    out = head.run(sys.executable, "-c", "import urllib.request, sys; "
+                   f"sys.stdout.write(urllib.request.urlopen('http://{head.ip}:{HUB_PORT}/_stats').read().decode())",
+                   capture_output=True, text=True, timeout=30)
+    return json.loads(out.stdout)["file_bytes"]
+
+
 def cache(env: dict, repo: str) -> Path:
     return Path(env["HF_HOME"]) / "hub" / ("models--" + repo.replace("/", "--"))
 
@@ -103,6 +111,7 @@ def test_download_on_a_running_cluster(sparks):
 
         assert download("nobody/nothing").returncode == 9
 
+        served = hub_bytes(head)
         out = download("tiny/llama", "--json")
         assert out.returncode == 0, out.stderr[-2000:]
         nodes = json.loads(out.stdout)["nodes"]
@@ -112,8 +121,18 @@ def test_download_on_a_running_cluster(sparks):
             assert snap.is_relative_to(cache(env, "tiny/llama"))  # each node's own cache
             assert (snap / "config.json").exists() and (snap / "model.safetensors").exists()
             assert nodes[ip]["downloaded_bytes"] == nodes[ip]["total_bytes"] > 0
+        assert nodes[worker.ip]["source"] == "head"  # copied over the fabric, checksummed
+        total = nodes[head.ip]["total_bytes"]
+        assert hub_bytes(head) - served == total  # one Hub download for the cluster
         again = json.loads(download("tiny/llama", "--json").stdout)["nodes"]
         assert [r["downloaded_bytes"] for r in again.values()] == [0, 0]
+
+        for env in envs:
+            shutil.rmtree(cache(env, "tiny/llama"))
+        served = hub_bytes(head)
+        each = download("tiny/llama", "--json", "--hub-on-every-node")
+        assert each.returncode == 0, each.stderr[-2000:]
+        assert hub_bytes(head) - served == 2 * total
     finally:
         stop(h, w)
 
