@@ -193,22 +193,26 @@ class StatusTarget:
 
 
 def status_target(args: argparse.Namespace) -> StatusTarget:
-    """Where `status` looks: this machine's run record when a node runs here and no
-    network option was given (as `ray status` finds its cluster), else discovery."""
+    """Where `status` (and `download`) look: this machine's run record when a node runs
+    here and no network option was given (as `ray status` finds its cluster), else
+    discovery."""
+    server_url = getattr(args, "server_url", None)
     rec = None if (args.iface or args.head_ip) else runstate.local_node(this_machines_nodes(args))
     if rec is not None:
         log.debug("reading the cluster of the %s on %s (%s)", rec.role, rec.node_ip, rec.iface)
         head_ip = rec.gcs_address.rsplit(":", 1)[0]
         return StatusTarget(head_ip, rec.gcs_address, rec.node_ip, args.token_file or rec.token_file,
-                            args.server_url or rec.server_url or f"http://{head_ip}:8000")
+                            server_url or rec.server_url or f"http://{head_ip}:8000")
     net = plan_network(discover_here(args), os.environ, iface=args.iface, head_ip=args.head_ip,
                        node_ip=args.node_ip)
     head_ip = net.head_ip or net.node_ip
     return StatusTarget(head_ip, f"{head_ip}:{args.ray_port}", net.node_ip, args.token_file,
-                        args.server_url or f"http://{head_ip}:8000")
+                        server_url or f"http://{head_ip}:8000")
 
 
-def run_status(args: argparse.Namespace, settings: Settings) -> int:
+def connect_existing(args: argparse.Namespace) -> StatusTarget:
+    """Connect this process as a driver to the running cluster (RAY_ADDRESS, this
+    machine's node, or the head at --head-ip). ClusterError if none answers."""
     target = status_target(args)
     address = ray_node.attach_address(os.environ) or target.gcs_address
     host, port = target.gcs_address.rsplit(":", 1)
@@ -219,6 +223,11 @@ def run_status(args: argparse.Namespace, settings: Settings) -> int:
     ensure_token(auth, create=False, environ=os.environ)
     os.environ.update(auth.env)
     ray_node.connect_driver(address, target.node_ip, quiet=True)
+    return target
+
+
+def run_status(args: argparse.Namespace, settings: Settings) -> int:
+    target = connect_existing(args)
     try:
         state = ray_node.cluster_state(args.nodes)
     finally:

@@ -18,6 +18,8 @@ EXIT_CODES: list[tuple[type[BaseException], int]] = [
     (errors.ClusterError, 4),
     (errors.NotEnoughGpus, 8),
     (errors.ModelNotFound, 9),
+    (errors.ModelDoesNotFit, 12),
+    (errors.HubError, 13),
     (errors.ServeError, 10),
     (errors.SimulationError, 11),
     (errors.SparkVllmError, 1),

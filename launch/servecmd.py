@@ -21,6 +21,7 @@ from orchestrator.cluster.bootstrap import SIMULATE_VAR, NodePlan, apply_environ
 from orchestrator.serve.compat import load_vllm_api
 from orchestrator.settings import Settings
 
+from . import modelscmd
 from .clustercmd import (add_cluster_options, form_cluster, make_plan, mark, run_worker_plan, running_node,
                          sigterm_stops)
 from .options import add_network_options
@@ -36,6 +37,7 @@ def register(sub, settings: Settings) -> None:
     p.add_argument("model", nargs="?", help="model path or Hugging Face id (optional on a worker)")
     add_network_options(p, settings)
     add_cluster_options(p, settings)
+    modelscmd.add_model_options(p, settings)
     p.set_defaults(func=run_serve, accepts_extra=True)
 
 
@@ -65,18 +67,22 @@ def run_serve(args: argparse.Namespace, settings: Settings) -> int:
 
     model = engine.check_model(args.model)
     api = load_vllm_api()
-    vargs = engine.parse_serve_args(api, model, args.extra)
+    vargs = engine.parse_serve_args(api, model, modelscmd.serve_flags(api, model, args))
     log.info("vLLM %s accepted the flags; forming the cluster", api.version)
+    found = modelscmd.model_source(model)
 
     if not ray_node.attach_address(os.environ):  # attached, the real cluster is checked at once
         engine.check_planned_size(vargs.tensor_parallel_size, vargs.pipeline_parallel_size,
                                   plan.cluster.nodes, ray_node.this_node_gpus(plan.cluster))
     t0 = time.monotonic()
     with head_cluster(plan) as (node, address):
-        state = form_cluster(plan, node, address)
+        with modelscmd.prefetching(found, args, plan.cluster.nodes) as prefetched:
+            state = form_cluster(plan, node, address)
+            prefetched(state)
         par = engine.plan_parallelism(vargs.tensor_parallel_size, vargs.pipeline_parallel_size,
                                        vargs.distributed_executor_backend, state.gpus)
         engine.fill_unset(vargs, par)
+        modelscmd.check_memory(found, vargs, par, state, args)
         t_cluster = time.monotonic() - t0
         log.info("cluster ready in %.1f s; starting vLLM with %s", t_cluster, par.describe())
         server_url = f"http://{plan.cluster.node_ip}:{vargs.port}"

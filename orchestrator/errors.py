@@ -90,6 +90,35 @@ class EngineFailed(ServeError):
     pass
 
 
+class ModelDoesNotFit(ServeError, MemoryError):
+    """Weights plus the KV-cache floor exceed the GPUs' memory (checked before the engine)."""
+
+
+# --- models: the Hugging Face Hub and the weights on each node ----------------------
+class HubError(SparkVllmError):
+    """The model's files could not be fetched (access, token, network, disk)."""
+
+
+class GatedModel(HubError, PermissionError):
+    pass
+
+
+class BadToken(HubError, PermissionError):
+    pass
+
+
+class RepoNotFound(HubError, ModelNotFound):
+    pass
+
+
+class OfflineNotCached(HubError, ModelNotFound):
+    pass
+
+
+class NotEnoughDisk(HubError, OSError):
+    pass
+
+
 # --- simulation (demo, tests) ----------------------------------------------------
 class SimulationError(SparkVllmError):
     """The simulated Sparks (namespaces, tiny model) could not be built."""

@@ -53,11 +53,27 @@ FILLED = ("tensor_parallel_size", "pipeline_parallel_size", "distributed_executo
 DRAIN_SECONDS = 30
 
 
+def serve_parser(api: VllmApi, unset: tuple[str, ...] | None = FILLED) -> argparse.ArgumentParser:
+    """vLLM's `vllm serve` parser, with a None default for the dests in `unset` (None:
+    every dest), so that a None in the result means "the user did not give it"."""
+    parser = api.make_arg_parser(api.FlexibleArgumentParser(prog="spark-vllm serve"))
+    known = {a.dest for a in parser._actions} - {"help"}
+    parser.set_defaults(**{dest: None for dest in (known if unset is None else known & set(unset))})
+    return parser
+
+
 def parse_serve_args(api: VllmApi, model: str, flags: list[str]) -> argparse.Namespace:
     """vLLM's parser and validation on `--model MODEL FLAGS`."""
-    parser = api.make_arg_parser(api.FlexibleArgumentParser(prog="spark-vllm serve"))
-    known = {a.dest for a in parser._actions}
-    parser.set_defaults(**{dest: None for dest in FILLED if dest in known})
+    args = parse_flags(serve_parser(api), model, flags)
+    try:
+        api.validate_parsed_serve_args(args)
+    except (TypeError, ValueError) as exc:
+        raise BadServeFlags(f"vLLM rejected the flags: {exc}") from None
+    return args
+
+
+def parse_flags(parser: argparse.ArgumentParser, model: str, flags: list[str]) -> argparse.Namespace:
+    """`parser` on `--model MODEL FLAGS`; its complaint becomes one BadServeFlags line."""
     err = io.StringIO()
     try:
         with contextlib.redirect_stderr(err):
@@ -67,10 +83,6 @@ def parse_serve_args(api: VllmApi, model: str, flags: list[str]) -> argparse.Nam
         message = lines[-1] if lines else f"vLLM's parser exited with {exc.code}"
         raise BadServeFlags(f"vLLM rejected the flags: {message.split('error: ', 1)[-1]}",
                             "see `vllm serve --help` for the flags") from None
-    try:
-        api.validate_parsed_serve_args(args)
-    except (TypeError, ValueError) as exc:
-        raise BadServeFlags(f"vLLM rejected the flags: {exc}") from None
     return args
 
 

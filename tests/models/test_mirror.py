@@ -1,0 +1,80 @@
+"""The copy from the head's cache (mirror.py), in one process over loopback: layout,
+checksum, resume. The cluster path (Ray tasks on two namespace nodes) is in test_prefetch."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+
+import fakehub
+from orchestrator.errors import HubError
+from orchestrator.models.hub import HubAccess, fetch_here
+from orchestrator.models.mirror import SnapshotServer, copy_from_head
+from orchestrator.sim.tinymodel import make_tiny_model
+
+
+@pytest.fixture(scope="module")
+def hub(tmp_path_factory):
+    root = tmp_path_factory.mktemp("hub")
+    shutil.copytree(make_tiny_model(tmp_path_factory.mktemp("m") / "tiny"), root / "tiny--llama")
+    server, _ = fakehub.serve(root)
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+
+
+@pytest.fixture
+def head_server(hub, tmp_path, monkeypatch):
+    """The head's cache holds tiny/llama (from the Hub); its SnapshotServer serves it."""
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    monkeypatch.delenv("HF_HUB_CACHE", raising=False)
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "head"))
+    report = fetch_here("tiny/llama", HubAccess.from_env({"HF_HOME": str(tmp_path / "head"), "HF_ENDPOINT": hub}),
+                        "head")
+    server = SnapshotServer("tiny/llama", "127.0.0.1", report)
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "worker"))  # from here on, this process is the worker
+    yield server
+    server.close()
+
+
+def worker_access(tmp_path) -> HubAccess:
+    return HubAccess.from_env({"HF_HOME": str(tmp_path / "worker")})
+
+
+def test_copy_lands_in_the_hub_cache_layout(head_server, tmp_path):
+    from huggingface_hub import try_to_load_from_cache
+
+    manifest = head_server.manifest()
+    report = copy_from_head(manifest, "tiny/llama", "worker")
+    assert report["downloaded_bytes"] == report["total_bytes"] == sum(f["size"] for f in manifest["files"])
+    cached = try_to_load_from_cache("tiny/llama", "model.safetensors", cache_dir=worker_access(tmp_path).cache_root())
+    assert isinstance(cached, str) and cached.startswith(str(tmp_path / "worker"))
+    # offline, the worker now resolves the repository id as huggingface_hub would
+    offline = HubAccess(offline=True, cache_dir=str(worker_access(tmp_path).cache_root()))
+    assert fetch_here("tiny/llama", offline, "worker")["commit"] == manifest["commit"]
+    assert copy_from_head(manifest, "tiny/llama", "worker")["downloaded_bytes"] == 0  # nothing twice
+
+
+def test_copy_resumes_a_partial_blob(head_server, tmp_path):
+    manifest = head_server.manifest()
+    big = max(manifest["files"], key=lambda f: f["size"])
+    blobs = worker_access(tmp_path).cache_root() / "models--tiny--llama" / "blobs"
+    blobs.mkdir(parents=True)
+    source = (tmp_path / "head" / "hub" / "models--tiny--llama" / "blobs" / big["blob"]).read_bytes()
+    (blobs / (big["blob"] + ".copying")).write_bytes(source[:1000])
+    report = copy_from_head(manifest, "tiny/llama", "worker")
+    assert report["downloaded_bytes"] == report["total_bytes"] - 1000
+    assert (blobs / big["blob"]).read_bytes() == source
+
+
+def test_a_corrupt_copy_is_refused(head_server, tmp_path):
+    manifest = head_server.manifest()
+    bad = {**manifest, "files": [{**f, "sha256": "0" * 64} for f in manifest["files"]]}
+    with pytest.raises(HubError, match="does not match its SHA-256"):
+        copy_from_head(bad, "tiny/llama", "worker")
+    assert not list((worker_access(tmp_path).cache_root() / "models--tiny--llama" / "blobs").glob("*"))
+
+
+def test_the_heads_failure_travels(tmp_path):
+    failed = {"error": "GatedModel", "message": "m is gated", "hint": "ask"}
+    assert SnapshotServer("m", "127.0.0.1", failed).manifest() == failed
