@@ -9,6 +9,7 @@ import tempfile
 from pathlib import Path
 
 from orchestrator.sim.demo import MODELS, run_demo
+from orchestrator.sim.greedy import NEAR_TIE
 from orchestrator.settings import Settings
 
 from .clustercmd import sigterm_stops
@@ -58,8 +59,8 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         print(f"\nsame {g.tokens} tokens as vLLM in one process without tensor parallelism "
               f"(greedy, float32; smallest top-2 margin {g.min_margin:.3f})")
     else:
-        print(f"\nsame tokens as vLLM in one process up to a near tie (top-2 margin under {g.divergences[0].margin}), "
-              f"where either token is right: {len(g.divergences)} of {g.prompts} answers part there")
+        print(f"\nsame tokens as vLLM in one process up to a near tie, where either token is right: "
+              f"{len(g.divergences)} of {g.prompts} answers part at a top-2 margin under {NEAR_TIE:g}")
     if args.model == "tiny":
         print("\n(the tiny model is random, so its words are noise)")
     print("\ntimings: " + ", ".join(f"{k} {v:.1f} s" for k, v in t.items()))

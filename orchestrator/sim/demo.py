@@ -34,6 +34,9 @@ log = logging.getLogger("spark_vllm")
 # What lets the CPU engine fit one 2-core machine beside another: a short context and
 # a fixed 64 MiB KV cache. (A --gpu-memory-utilization fraction of RAM fails here:
 # both simulated Sparks count the same memory node, and the sum goes negative.)
+# The KV cache holds 2 (K, V) x layers x KV heads per rank x head_dim x dtype bytes a
+# token: the padded SmolLM2 in float32 under TP 2, 2 x 30 x 2 x 64 x 4 = 30 KiB, so
+# 64 MiB hold 2184 tokens a rank; in one process (4 KV heads) 1092: both over 512.
 SIM_VLLM_FLAGS = ("--max-model-len", "512", "--max-num-seqs", "16", "--kv-cache-memory-bytes", str(64 << 20))
 PORT = 8000
 MAX_TOKENS = 32
