@@ -55,7 +55,7 @@ if __name__ == "__main__":
     p.add_argument("model")
     p.add_argument("prompts", nargs="*")
     p.add_argument("--max-tokens", type=int, default=32)
-    a = p.parse_args()
+    a = p.parse_intermixed_args()
     answers = ({f"p{i}": greedy(a.url, a.model, text, a.max_tokens, chat=False) for i, text in enumerate(a.prompts)}
                if a.prompts else ask(a.url, a.model, a.max_tokens))
     json.dump(answers, sys.stdout)
