@@ -4,7 +4,8 @@ No network and no hub: the weights come from a fixed seed and the tokenizer is
 a byte-level BPE trained on a few sentences. The shapes are the smallest vLLM's
 CPU attention accepts (it rejects head_dim 16, so 2 heads of 64 over hidden
 128). The text it generates is noise; what matters is that vLLM loads it,
-shards it over tensor parallelism 2, and serves completions and chat.
+shards it over tensor parallelism 2, and serves completions and chat, and that
+its greedy tokens depend on every head (see `initializer_range`).
 
 torch, transformers and tokenizers are imported only when a model is made.
 """
@@ -108,6 +109,10 @@ def _random_llama(vocab_size: int, tokenizer):
         head_dim=64,
         max_position_embeddings=2048,
         tie_word_embeddings=True,
+        # Weights five times the usual 0.02: with tied embeddings at 0.02, the input
+        # token's own embedding dominates and greedy decoding repeats the last token
+        # whatever attention computes, so a wrong TP split would go unseen.
+        initializer_range=0.1,
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,

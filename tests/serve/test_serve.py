@@ -95,9 +95,10 @@ def test_streaming(served, model):
     assert got["chunks"] >= 5 and got["text"]
 
 
-# Prompts in the tiny model's own words; every greedy step of theirs has a top-2 margin
-# above NEAR_TIE (asserted below), so a token that differs cannot be a rounding tie.
-GREEDY_PROMPTS = ("The quick brown fox", "Two DGX Spark machines serve", "Ray forms the cluster;")
+# Prompts in the tiny model's own words, chosen for clear margins: every greedy step of
+# theirs has a top-2 margin above 0.01 in transformers (asserted against NEAR_TIE below,
+# in vLLM), so a token that differs cannot be a rounding tie.
+GREEDY_PROMPTS = ("Hello, world!", "Engines start, workers load weights", "Pack my box with five dozen")
 GREEDY_TOKENS = 16
 
 
