@@ -23,9 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from . import netns
+from . import netns, smollm
 from ..errors import SimulationError
-from . import smollm
 from .greedy import EXACT_FLAGS, NEAR_TIE, Agreement, hold_against_reference
 from .tinymodel import make_tiny_model
 
@@ -217,7 +216,7 @@ def run_demo(workdir: Path, on_line: Callable[[str, str], None], models_dir: Pat
                                        python=python)
     timings["single_process"] = time.monotonic() - t4
     if not agreement.only_near_ties(NEAR_TIE):
-        d = agreement.divergences[0]
+        d = next(d for d in agreement.divergences if d.margin is None or d.margin > NEAR_TIE)
         raise SimulationError(
             f"TP 2 over Ray answered token {d.served} where single-process generation answers {d.reference} "
             f"(prompt {d.prompt}, token {d.position}, top-2 margin {d.margin})",
