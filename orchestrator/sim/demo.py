@@ -1,10 +1,12 @@
 """The demo: the whole two-Spark path on one machine, no GPU and no network.
 
-Makes a tiny random Llama locally, builds two simulated Sparks (network
-namespaces cabled by a veth pair named `enp1s0f1np1`, 192.168.100.10 and .11 as
-in the playbook), runs `spark-vllm serve MODEL` on one and `spark-vllm serve
---head-ip` on the other (TP 2 over Ray, vLLM's CPU engine), sends the playbook's
-two requests from the second Spark, and removes everything it made, on success,
+Gets a model (by default SmolLM2-135M-Instruct, padded for TP 2 and cached; or the
+tiny random Llama), builds two simulated Sparks (network namespaces cabled by a
+veth pair named `enp1s0f1np1`, 192.168.100.10 and .11 as in the playbook), runs
+`spark-vllm serve MODEL` on one and `spark-vllm serve --head-ip` on the other
+(TP 2 over Ray, vLLM's CPU engine), sends the playbook's two requests from the
+second Spark, holds the greedy answers against single-process generation of the
+same prompts, and removes everything it made (but the cached model), on success,
 failure or Ctrl-C.
 """
 
@@ -21,8 +23,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from . import netns
+from . import netns, smollm
 from ..errors import SimulationError
+from .greedy import EXACT_FLAGS, NEAR_TIE, Agreement, hold_against_reference
 from .tinymodel import make_tiny_model
 
 log = logging.getLogger("spark_vllm")
@@ -30,21 +33,28 @@ log = logging.getLogger("spark_vllm")
 # What lets the CPU engine fit one 2-core machine beside another: a short context and
 # a fixed 64 MiB KV cache. (A --gpu-memory-utilization fraction of RAM fails here:
 # both simulated Sparks count the same memory node, and the sum goes negative.)
+# The KV cache holds 2 (K, V) x layers x KV heads per rank x head_dim x dtype bytes a
+# token: the padded SmolLM2 in float32 under TP 2, 2 x 30 x 2 x 64 x 4 = 30 KiB, so
+# 64 MiB hold 2184 tokens a rank; in one process (4 KV heads) 1092: both over 512.
 SIM_VLLM_FLAGS = ("--max-model-len", "512", "--max-num-seqs", "16", "--kv-cache-memory-bytes", str(64 << 20))
 PORT = 8000
+MAX_TOKENS = 32
+MODELS = ("smollm2", "tiny")  # the first is the default
 
 
 @dataclass(frozen=True)
 class DemoResult:
     url: str
     model: str
+    path: str
     answers: dict
+    agreement: Agreement
     timings: dict[str, float]
     logs: str
 
     def to_json(self) -> dict:
-        return {"url": self.url, "model": self.model, "answers": self.answers,
-                "timings_s": self.timings, "logs": self.logs}
+        return {"url": self.url, "model": self.model, "path": self.path, "answers": self.answers,
+                "tp2_vs_single_process": self.agreement.to_json(), "timings_s": self.timings, "logs": self.logs}
 
 
 @dataclass
@@ -166,25 +176,51 @@ def serving_cluster(workdir: Path, model: str, on_line: Callable[[str, str], Non
                             + ", ".join(f"{r.label} exit {c}" for r, c in zip(runs, codes)))
 
 
-def run_demo(workdir: Path, on_line: Callable[[str, str], None], timeout: float = 420.0,
-             python: str = sys.executable, loopback: bool = False) -> DemoResult:
-    """The demo; raises SimulationError (with the relevant log lines) on any failure."""
+def demo_model(kind: str, workdir: Path, models_dir: Path) -> tuple[str, str]:
+    """(path, served name) of the demo's model: the real one is cached in `models_dir`,
+    the tiny one made in `workdir`."""
+    if kind == "smollm2":
+        return str(smollm.make_smollm(models_dir)), smollm.SERVED_NAME
+    if kind == "tiny":
+        return str(make_tiny_model(workdir / "tiny-llama")), "tiny-llama"
+    raise SimulationError(f"unknown demo model {kind!r}", hint=f"choose one of {', '.join(MODELS)}")
+
+
+def run_demo(workdir: Path, on_line: Callable[[str, str], None], models_dir: Path, model_kind: str = MODELS[0],
+             timeout: float = 420.0, python: str = sys.executable, loopback: bool = False) -> DemoResult:
+    """The demo; raises SimulationError (with the relevant log lines) on any failure,
+    including a TP 2 answer that single-process generation contradicts."""
     timings: dict[str, float] = {}
     t0 = time.monotonic()
-    model = str(make_tiny_model(workdir / "tiny-llama"))
+    path, name = demo_model(model_kind, workdir, models_dir)
     timings["model"] = time.monotonic() - t0
-    on_line("demo", f"tiny random Llama ready at {model} ({timings['model']:.1f} s)")
+    on_line("demo", f"model {name} ready at {path} ({timings['model']:.1f} s)")
     t1 = time.monotonic()
-    with serving_cluster(workdir, model, on_line, timeout=timeout, python=python, loopback=loopback) as sim:
+    flags = (*EXACT_FLAGS, "--served-model-name", name)
+    with serving_cluster(workdir, path, on_line, flags=flags, timeout=timeout, python=python,
+                         loopback=loopback) as sim:
         timings["cluster_and_engine"] = time.monotonic() - t1
         t2 = time.monotonic()
-        out = sim.client().run(python, "-m", "orchestrator.sim.client", sim.url, model,
-                               capture_output=True, text=True, timeout=180)
+        out = sim.client().run(python, "-m", "orchestrator.sim.client", sim.url, name,
+                               "--max-tokens", str(MAX_TOKENS), capture_output=True, text=True, timeout=180)
         if out.returncode != 0:
             raise SimulationError(f"the requests failed: {(out.stderr.strip().splitlines() or ['?'])[-1]}")
         answers = json.loads(out.stdout)
         timings["requests"] = time.monotonic() - t2
         t3 = time.monotonic()
     timings["stop"] = time.monotonic() - t3
+    # After the cluster is gone: the reference engine then has the machine to itself.
+    on_line("demo", "the same prompts through vLLM in one process (no Ray, no TP), to compare")
+    t4 = time.monotonic()
+    agreement = hold_against_reference(path, answers, MAX_TOKENS, (*SIM_VLLM_FLAGS, *EXACT_FLAGS), workdir,
+                                       python=python)
+    timings["single_process"] = time.monotonic() - t4
+    if not agreement.only_near_ties(NEAR_TIE):
+        d = next(d for d in agreement.divergences if d.margin is None or d.margin > NEAR_TIE)
+        raise SimulationError(
+            f"TP 2 over Ray answered token {d.served} where single-process generation answers {d.reference} "
+            f"(prompt {d.prompt}, token {d.position}, top-2 margin {d.margin})",
+            hint=f"tensor parallelism computed something else; logs in {workdir}")
     timings["total"] = time.monotonic() - t0
-    return DemoResult(sim.url + "/v1", model, answers, {k: round(v, 2) for k, v in timings.items()}, str(workdir))
+    return DemoResult(sim.url + "/v1", name, path, answers, agreement,
+                      {k: round(v, 2) for k, v in timings.items()}, str(workdir))

@@ -4,7 +4,8 @@ No network and no hub: the weights come from a fixed seed and the tokenizer is
 a byte-level BPE trained on a few sentences. The shapes are the smallest vLLM's
 CPU attention accepts (it rejects head_dim 16, so 2 heads of 64 over hidden
 128). The text it generates is noise; what matters is that vLLM loads it,
-shards it over tensor parallelism 2, and serves completions and chat.
+shards it over tensor parallelism 2, and serves completions and chat, and that
+its greedy tokens depend on every head (see `initializer_range`).
 
 torch, transformers and tokenizers are imported only when a model is made.
 """
@@ -12,11 +13,10 @@ torch, transformers and tokenizers are imported only when a model is made.
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
 from ..errors import SimulationError
+from .modeldir import build_once, is_complete, save_quietly  # noqa: F401 (is_complete: re-exported)
 
 SEED = 0
 VOCAB_SIZE = 512
@@ -45,82 +45,24 @@ TRAINING_TEXT = (
     "System, user and assistant messages are joined by the chat template.",
 )
 
-# What save_pretrained writes and vLLM needs; present together means complete.
-REQUIRED_FILES = (
-    "config.json",
-    "model.safetensors",
-    "tokenizer.json",
-    "tokenizer_config.json",
-)
-
-
-def is_complete(path: str | os.PathLike[str]) -> bool:
-    """Whether `path` holds every file a finished `make_tiny_model` wrote."""
-    root = Path(path)
-    return all((root / name).is_file() for name in REQUIRED_FILES)
-
 
 def make_tiny_model(path: str | os.PathLike[str]) -> Path:
     """Make the tiny model in directory `path` (created) and return `path`.
 
-    Idempotent: a complete model already at `path` is returned as it is. The
-    model is built in a sibling temporary directory and renamed into place, so
-    an interrupted build never looks complete.
+    Idempotent: a complete model already at `path` is returned as it is (see
+    `modeldir.build_once`).
 
     Raises:
         SimulationError: `path` exists, is not empty and holds no complete
             model (it is never overwritten), or the build failed.
     """
-    target = Path(path)
-    if is_complete(target):
-        return target
-    if target.exists() and (not target.is_dir() or any(target.iterdir())):
-        raise SimulationError(
-            f"{target} exists but holds no complete tiny model",
-            hint="remove it or choose another directory",
-        )
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-    try:
-        _build(staging)
-        _move_into_place(staging, target)
-    except OSError as e:
-        raise SimulationError(
-            f"could not write the tiny model to {target}: {e}",
-            hint="check that the directory is writable and has a few MB free",
-        ) from e
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return target
-
-
-def _move_into_place(staging: Path, target: Path) -> None:
-    if target.is_dir():
-        target.rmdir()  # empty, checked above; fails if a racer filled it
-    try:
-        staging.rename(target)
-    except OSError:
-        if not is_complete(target):  # a concurrent maker winning is fine
-            raise
+    return build_once(path, _build, "tiny model")
 
 
 def _build(out: Path) -> None:
-    from transformers.utils import logging as hf_logging
-
     tokenizer = _train_tokenizer()
     model = _random_llama(len(tokenizer), tokenizer)
-    bar_was_on = hf_logging.is_progress_bar_enabled()
-    hf_logging.disable_progress_bar()  # save_pretrained draws one on stderr
-    try:
-        tokenizer.save_pretrained(out)
-        model.save_pretrained(out)
-    finally:
-        if bar_was_on:
-            hf_logging.enable_progress_bar()
-    # mkdtemp made the directory private; the model is not a secret.
-    out.chmod(0o755)
-    for f in out.iterdir():
-        f.chmod(0o644)
+    save_quietly(out, tokenizer, model)
 
 
 def _train_tokenizer():
@@ -167,6 +109,10 @@ def _random_llama(vocab_size: int, tokenizer):
         head_dim=64,
         max_position_embeddings=2048,
         tie_word_embeddings=True,
+        # Weights five times the usual 0.02: with tied embeddings at 0.02, the input
+        # token's own embedding dominates and greedy decoding repeats the last token
+        # whatever attention computes, so a wrong TP split would go unseen.
+        initializer_range=0.1,
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,

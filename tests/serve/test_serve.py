@@ -14,7 +14,8 @@ import time
 import pytest
 
 from orchestrator.sim import netns
-from orchestrator.sim.demo import serving_cluster
+from orchestrator.sim.demo import SIM_VLLM_FLAGS, serving_cluster
+from orchestrator.sim.greedy import EXACT_FLAGS, NEAR_TIE, hold_against_reference, served_generations
 from orchestrator.sim.tinymodel import make_tiny_model
 
 from conftest import PREFIX, REPO, clean_env
@@ -29,7 +30,9 @@ def model(tmp_path_factory):
 def served(netns_ok, model, tmp_path_factory):
     lines: list[tuple[str, str]] = []
     logs = tmp_path_factory.mktemp("logs")
-    with serving_cluster(logs, model, lambda who, line: lines.append((who, line)), prefix=PREFIX) as sim:
+    # float32: TP 2 and one process then agree to ~1e-5 in the logits (see greedy.EXACT_FLAGS)
+    with serving_cluster(logs, model, lambda who, line: lines.append((who, line)), prefix=PREFIX,
+                         flags=EXACT_FLAGS) as sim:
         yield sim, lines
 
 
@@ -90,6 +93,64 @@ def test_streaming(served, model):
         print(json.dumps({{'chunks': len(chunks), 'text': ''.join(chunks)}}))
     """)
     assert got["chunks"] >= 5 and got["text"]
+
+
+# Prompts in the tiny model's own words, chosen for clear margins: every greedy step of
+# theirs has a top-2 margin above 0.01 in transformers (asserted against NEAR_TIE below,
+# in vLLM), so a token that differs cannot be a rounding tie.
+GREEDY_PROMPTS = ("Hello, world!", "Engines start, workers load weights", "Pack my box with five dozen")
+GREEDY_TOKENS = 16
+
+
+@pytest.fixture(scope="module")
+def greedy_answers(served, model):
+    sim, _ = served
+    out = sim.client().run(sys.executable, "-m", "orchestrator.sim.client", sim.url, model, "--max-tokens",
+                           str(GREEDY_TOKENS), *GREEDY_PROMPTS, capture_output=True, text=True, timeout=120,
+                           env=clean_env(), cwd=REPO)
+    assert out.returncode == 0, out.stderr[-2000:]
+    return json.loads(out.stdout)
+
+
+def test_tp2_over_ray_gives_the_tokens_of_one_process(greedy_answers, model, tmp_path):
+    """Defect 4: greedy tokens of TP 2 over the two namespace nodes equal vLLM's offline
+    engine in one process (no Ray, no TP) for the same prompt ids, token for token."""
+    agreement = hold_against_reference(model, greedy_answers, GREEDY_TOKENS, (*SIM_VLLM_FLAGS, *EXACT_FLAGS),
+                                       tmp_path, env=clean_env())
+    assert agreement.identical, agreement.to_json()
+    assert agreement.prompts == len(GREEDY_PROMPTS) and agreement.tokens >= 2 * GREEDY_TOKENS
+    assert agreement.min_margin > NEAR_TIE, "a near tie: choose GREEDY_PROMPTS with clear margins"
+
+
+def test_a_wrong_split_would_change_those_tokens(greedy_answers, model):
+    """What makes the test above able to fail: the same model with one rank's share
+    lost or misplaced (what a wrong TP split computes) answers other tokens for these
+    prompts. Run with transformers in float32 on the host (milliseconds for this model)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    served = served_generations(greedy_answers)
+    half = 64  # one head of the tiny model: rank 1's share under TP 2
+
+    def no_allreduce_attention(layer):  # rank 1's heads never summed in
+        layer.self_attn.o_proj.weight[:, half:] = 0
+
+    def swapped_kv_heads(layer):  # each rank's query heads read the other rank's KV head
+        for proj in (layer.self_attn.k_proj, layer.self_attn.v_proj):
+            proj.weight.copy_(torch.cat([proj.weight[half:], proj.weight[:half]]))
+
+    def no_allreduce_mlp(layer):  # rank 1's half of the MLP lost
+        layer.mlp.down_proj.weight[:, layer.mlp.down_proj.weight.shape[1] // 2:] = 0
+
+    for wrong in (no_allreduce_attention, swapped_kv_heads, no_allreduce_mlp):
+        m = AutoModelForCausalLM.from_pretrained(model, dtype=torch.float32).eval()
+        with torch.no_grad():
+            for layer in m.model.layers:
+                wrong(layer)
+            got = [m.generate(torch.tensor([g.prompt_token_ids]), max_new_tokens=GREEDY_TOKENS, do_sample=False,
+                              attention_mask=torch.ones(1, len(g.prompt_token_ids), dtype=torch.long))
+                   [0, len(g.prompt_token_ids):].tolist() for g in served]
+        assert any(tuple(t[:len(g.token_ids)]) != g.token_ids for t, g in zip(got, served)), wrong.__name__
 
 
 def test_status_sees_cluster_and_server(served):

@@ -1,6 +1,7 @@
 """`spark-vllm demo` end to end, in its loopback form (what a machine without root
-gets: 127.0.0.2 and .3 on `lo` in this namespace). The namespace form runs through
-the same `serving_cluster` in test_serve.py."""
+gets: 127.0.0.2 and .3 on `lo` in this namespace), with the tiny random model (the
+real one is checked in test_smollm.py). The namespace form runs through the same
+`serving_cluster` in test_serve.py."""
 
 from __future__ import annotations
 
@@ -15,16 +16,21 @@ from orchestrator.cluster.membership import port_open
 
 
 def test_demo_loopback_serves_both_requests_and_leaves_nothing(tmp_path):
-    out = subprocess.run([sys.executable, "-m", "launch", "demo", "--loopback", "--json", "--keep", str(tmp_path)],
+    out = subprocess.run([sys.executable, "-m", "launch", "demo", "--model", "tiny", "--loopback", "--json",
+                          "--keep", str(tmp_path)],
                          capture_output=True, text=True, timeout=900, env=clean_env(), cwd=REPO)
     assert out.returncode == 0, out.stderr[-3000:]
     result = json.loads(out.stdout)
     assert result["url"] == "http://127.0.0.2:8000/v1"
-    assert result["answers"]["chat"]["prompt"] == "12*17" and result["answers"]["chat"]["tokens"] == 32
+    assert result["model"] == "tiny-llama" and result["path"] == str(tmp_path / "tiny-llama")  # a name, not a path
+    assert result["answers"]["chat"]["prompt"] == "What is 12*17?" and result["answers"]["chat"]["tokens"] == 32
     assert result["answers"]["completion"]["prompt"] == "Write a haiku about a GPU"
     assert result["answers"]["completion"]["tokens"] == 32
     assert "loopback addresses stand in" in out.stderr and "TP 2 x PP 1" in out.stderr
-    assert {"model", "cluster_and_engine", "requests", "stop", "total"} <= set(result["timings_s"])
+    assert {"model", "cluster_and_engine", "requests", "stop", "single_process", "total"} <= set(result["timings_s"])
+    # The demo's own check: TP 2 answered the tokens vLLM answers in one process.
+    check = result["tp2_vs_single_process"]
+    assert check["identical"] and check["prompts"] == 2 and check["tokens"] == 64
     # Nothing left: the server and both Ray nodes are gone, no process runs from the demo's folder.
     assert not port_open("127.0.0.2", 8000, 1) and not port_open("127.0.0.2", 6379, 1)
     leftovers = [p.pid for p in psutil.process_iter(["cmdline"])

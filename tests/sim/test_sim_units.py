@@ -61,7 +61,7 @@ def test_named_class_is_a_cpu_platform_with_a_gpu_ray_key():
 def test_importing_the_modules_imports_neither_vllm_nor_torch():
     code = (
         "import sys, orchestrator.sim.plugin, orchestrator.serve.compat, "
-        "orchestrator.sim.tinymodel\n"
+        "orchestrator.sim.tinymodel, orchestrator.sim.smollm, orchestrator.sim.greedy, orchestrator.sim.demo\n"
         "print(sorted(m for m in ('vllm', 'torch', 'transformers') if m in sys.modules))"
     )
     out = subprocess.run(
