@@ -49,5 +49,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     print(f"\ncompl > {a['completion']['prompt']}\n      < {a['completion']['answer']!r}  "
           f"({a['completion']['tokens']} tokens, {a['completion']['seconds']:.2f} s)")
     print("\n(the tiny model is random, so its words are noise; on two real Sparks a real model answers)")
+    print(f"\nauth: Ray token {result.auth['ray_token']} between the Sparks, API key {result.auth['api_key']} "
+          "(random for this run, never shown)")
     print("\ntimings: " + ", ".join(f"{k} {v:.1f} s" for k, v in t.items()))
     return 0

@@ -7,6 +7,7 @@ orchestrator.sim.client URL MODEL`); stdlib only, so it needs nothing extra.
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 import urllib.request
@@ -16,7 +17,10 @@ HAIKU = "Write a haiku about a GPU"
 
 
 def post(url: str, body: dict, timeout: float = 120.0) -> dict:
-    req = urllib.request.Request(url, json.dumps(body).encode(), {"Content-Type": "application/json"})
+    headers = {"Content-Type": "application/json"}
+    if os.environ.get("VLLM_API_KEY"):  # the server's --api-key, handed over in the environment
+        headers["Authorization"] = f"Bearer {os.environ['VLLM_API_KEY']}"
+    req = urllib.request.Request(url, json.dumps(body).encode(), headers)
     with urllib.request.urlopen(req, timeout=timeout) as r:
         return json.load(r)
 

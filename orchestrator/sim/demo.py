@@ -13,6 +13,8 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
+import secrets
 import subprocess
 import sys
 import threading
@@ -32,6 +34,10 @@ log = logging.getLogger("spark_vllm")
 # both simulated Sparks count the same memory node, and the sum goes negative.)
 SIM_VLLM_FLAGS = ("--max-model-len", "512", "--max-num-seqs", "16", "--kv-cache-memory-bytes", str(64 << 20))
 PORT = 8000
+TOKEN_VAR = "SPARK_VLLM_TOKEN_FILE"
+# What the demo turns on (shown, never the secrets): Ray's token between the Sparks,
+# and an API key on the OpenAI server, random for each run.
+DEMO_AUTH = {"ray_token": "on", "api_key": "on"}
 
 
 @dataclass(frozen=True)
@@ -41,10 +47,11 @@ class DemoResult:
     answers: dict
     timings: dict[str, float]
     logs: str
+    auth: dict[str, str] = field(default_factory=lambda: dict(DEMO_AUTH))
 
     def to_json(self) -> dict:
         return {"url": self.url, "model": self.model, "answers": self.answers,
-                "timings_s": self.timings, "logs": self.logs}
+                "timings_s": self.timings, "logs": self.logs, "auth": self.auth}
 
 
 @dataclass
@@ -133,15 +140,21 @@ def simulated_sparks(nodes: int, prefix: str, loopback: bool, on_line: Callable[
 @contextlib.contextmanager
 def serving_cluster(workdir: Path, model: str, on_line: Callable[[str, str], None], nodes: int = 2,
                     flags: tuple[str, ...] = (), timeout: float = 420.0, python: str = sys.executable,
-                    prefix: str = "sparkdemo", loopback: bool = False):
-    """`spark-vllm serve` on N simulated Sparks, ready; torn down on exit whatever happens."""
+                    prefix: str = "sparkdemo", loopback: bool = False, api_key: str | None = None):
+    """`spark-vllm serve` on N simulated Sparks, ready; torn down on exit whatever happens.
+
+    Ray token authentication is on (spark-vllm's default) with the token in `workdir`:
+    the simulated Sparks share one filesystem, so the head's file is already "copied".
+    `api_key` reaches vLLM as VLLM_API_KEY (not on the command line, where `ps` shows it)."""
+    env = {**os.environ, TOKEN_VAR: str(workdir / "ray-token")}
     with simulated_sparks(nodes, prefix, loopback, on_line) as net:
         head_node, *worker_nodes = net.nodes
         on_line("demo", f"{nodes} simulated Sparks: {', '.join(n.ip for n in net.nodes)} on {head_node.iface}")
 
         def start(label, node, *args):
+            extra = {"VLLM_API_KEY": api_key} if api_key and label == "head" else {}
             proc = node.popen(python, "-m", "launch", "serve", *args, "--simulate", "--nodes", str(nodes),
-                              *node.cli_flags(),
+                              *node.cli_flags(), env={**env, **extra},
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1)
             return NodeRun(label, proc, workdir / f"{label}.log", on_line)
 
@@ -175,11 +188,14 @@ def run_demo(workdir: Path, on_line: Callable[[str, str], None], timeout: float 
     timings["model"] = time.monotonic() - t0
     on_line("demo", f"tiny random Llama ready at {model} ({timings['model']:.1f} s)")
     t1 = time.monotonic()
-    with serving_cluster(workdir, model, on_line, timeout=timeout, python=python, loopback=loopback) as sim:
+    api_key = secrets.token_urlsafe(24)  # this run's own; never shown
+    with serving_cluster(workdir, model, on_line, timeout=timeout, python=python, loopback=loopback,
+                         api_key=api_key) as sim:
         timings["cluster_and_engine"] = time.monotonic() - t1
         t2 = time.monotonic()
         out = sim.client().run(python, "-m", "orchestrator.sim.client", sim.url, model,
-                               capture_output=True, text=True, timeout=180)
+                               capture_output=True, text=True, timeout=180,
+                               env={**os.environ, "VLLM_API_KEY": api_key})
         if out.returncode != 0:
             raise SimulationError(f"the requests failed: {(out.stderr.strip().splitlines() or ['?'])[-1]}")
         answers = json.loads(out.stdout)
