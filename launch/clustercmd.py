@@ -81,7 +81,7 @@ def register(sub, settings: Settings) -> None:
 def node_request(args: argparse.Namespace) -> NodeRequest:
     return NodeRequest(
         head_ip=args.head_ip, iface=args.iface, node_ip=args.node_ip, force=args.force, simulate=args.simulate,
-        token_file=args.token_file, no_auth=args.no_auth,
+        token_file=args.token_file, no_auth=args.no_auth, ray_env=args.log_options.ray_environment(),
         cluster=ClusterOptions(
             node_ip="", head_ip="", port=args.ray_port, num_gpus=args.num_gpus, num_cpus=args.num_cpus,
             dashboard_host=args.dashboard_host, nodes=args.nodes, wait_timeout=args.wait_timeout,

@@ -20,6 +20,7 @@ EXIT_CODES: list[tuple[type[BaseException], int]] = [
     (errors.ModelNotFound, 9),
     (errors.ServeError, 10),
     (errors.SimulationError, 11),
+    (errors.PreflightFailed, 12),
     (errors.SparkVllmError, 1),
 ]
 

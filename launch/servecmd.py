@@ -16,6 +16,7 @@ import threading
 import time
 
 from orchestrator.cluster import ray_node
+from orchestrator.ops import logs
 from orchestrator.serve import engine, health
 from orchestrator.cluster.bootstrap import SIMULATE_VAR, NodePlan, apply_environment
 from orchestrator.serve.compat import load_vllm_api
@@ -65,6 +66,7 @@ def run_serve(args: argparse.Namespace, settings: Settings) -> int:
 
     model = engine.check_model(args.model)
     api = load_vllm_api()
+    logs.capture()  # vLLM's and Ray's Python loggers into --log-dir too (vLLM set its own up at import)
     vargs = engine.parse_serve_args(api, model, args.extra)
     log.info("vLLM %s accepted the flags; forming the cluster", api.version)
 

@@ -26,6 +26,8 @@ class Settings:
     simulate: bool = False  # SPARK_VLLM_SIMULATE=1
     token_file: str | None = None  # SPARK_VLLM_TOKEN_FILE
     no_auth: bool = False  # SPARK_VLLM_NO_AUTH=1
+    log_format: str = "text"  # SPARK_VLLM_LOG_FORMAT
+    log_dir: str | None = None  # SPARK_VLLM_LOG_DIR
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> "Settings":
@@ -37,4 +39,6 @@ class Settings:
             simulate=env_flag(environ.get("SPARK_VLLM_SIMULATE")),
             token_file=environ.get("SPARK_VLLM_TOKEN_FILE") or None,
             no_auth=env_flag(environ.get("SPARK_VLLM_NO_AUTH")),
+            log_format=environ.get("SPARK_VLLM_LOG_FORMAT") or "text",
+            log_dir=environ.get("SPARK_VLLM_LOG_DIR") or None,
         )

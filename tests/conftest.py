@@ -106,6 +106,17 @@ def no_secret_in_any_output(tmp_path_factory):
     assert not leaks, "planted secrets found in the output:\n" + "\n".join(leaks[:20])
 
 
+@pytest.fixture(scope="session", autouse=True)
+def planted_ray_token(tmp_path_factory):
+    """Token auth is on by default: every spark-vllm the tests start finds the planted
+    token through RAY_AUTH_TOKEN_PATH, instead of writing this machine's ~/.ray/auth_token."""
+    path = tmp_path_factory.getbasetemp() / "ray-token"
+    path.write_text(RAY_TOKEN)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("RAY_AUTH_TOKEN_PATH", str(path))
+        yield path
+
+
 @pytest.fixture(scope="session")
 def netns_ok():
     reason = netns.available()

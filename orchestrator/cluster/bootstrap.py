@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Mapping, MutableMapping
 
 from .auth import OFF_WARNING, AuthPlan, ensure_token, plan_auth, share_hint
@@ -35,6 +35,7 @@ class NodeRequest:
     simulate: bool = False
     token_file: str | None = None
     no_auth: bool = False  # --no-auth: Ray token authentication off (warned)
+    ray_env: Mapping[str, str] = field(default_factory=dict)  # e.g. Ray's log rotation
     cluster: ClusterOptions | None = None  # node_ip/head_ip filled in by plan_node
 
 
@@ -51,7 +52,7 @@ class NodePlan:
 
 
 def plan_node(req: NodeRequest, discovery: Discovery, environ: Mapping[str, str]) -> NodePlan:
-    extra = {SIMULATE_VAR: "1"} if req.simulate else {}
+    extra = {**req.ray_env, **({SIMULATE_VAR: "1"} if req.simulate else {})}
     network = plan_network(discovery, environ, iface=req.iface, head_ip=req.head_ip,
                            force=req.force, extra=extra, node_ip=req.node_ip)
     base = req.cluster or ClusterOptions(node_ip="", head_ip="")

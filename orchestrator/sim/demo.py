@@ -121,6 +121,7 @@ class SimCluster:
     workers: tuple[NodeRun, ...]
     url: str  # http://HEAD:PORT, reachable from inside the simulated Sparks
     ready_s: float
+    token_file: str  # the Ray auth token the simulated Sparks share
 
     def client(self, index: int = -1) -> netns.SimNode:
         """A simulated Spark to send requests from (the last worker by default)."""
@@ -169,7 +170,7 @@ def serving_cluster(workdir: Path, model: str, on_line: Callable[[str, str], Non
                     # Ray's fixed 30 s startup wait (a simulation limit, not a Spark one).
                     wait_ready(workers[-1], [head, *workers[:-1]], timeout, event="joined")
             ready = wait_ready(head, workers, timeout)
-            yield SimCluster(net, head, tuple(workers), f"http://{head_node.ip}:{PORT}", ready)
+            yield SimCluster(net, head, tuple(workers), f"http://{head_node.ip}:{PORT}", ready, env[TOKEN_VAR])
         finally:
             runs = (head, *workers)
             t = time.monotonic()

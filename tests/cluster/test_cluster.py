@@ -249,6 +249,16 @@ def test_dashboard_and_jobs_api_only_on_the_fabric_address(cluster):
     assert any("dashboard" in line or "python" in line for (_, port), line in listening if port == "8265")
 
 
+def test_raylets_rotate_their_logs_like_ours(cluster):
+    """Ray's own rotation (RAY_ROTATION_*) is in each raylet's environment, at our defaults."""
+    s, _, _ = cluster
+    for node in (s.head_node, s.worker_node):
+        raylets = [psutil.Process(pid) for pid in netns.pids(node.netns) if psutil.Process(pid).name() == "raylet"]
+        assert len(raylets) == 1
+        env = raylets[0].environ()
+        assert (env["RAY_ROTATION_MAX_BYTES"], env["RAY_ROTATION_BACKUP_COUNT"]) == (str(100 << 20), "5")
+
+
 def test_status_reports_auth_without_the_token(cluster):
     s, _, _ = cluster
     r, out = s.status(s.worker_node)  # the default token file (the planted one)
@@ -256,6 +266,24 @@ def test_status_reports_auth_without_the_token(cluster):
     assert out["auth"] == {"ray_token": "on", "api_key": "unknown"}  # no server here
     r = s.cli(s.worker_node, "status", "--head-ip", HEAD_IP)
     assert "auth:    Ray token on, API key unknown" in r.stdout
+
+
+def test_doctor_on_the_running_cluster(cluster):
+    """Once the cluster runs: nodes, versions equal across nodes, the peer's Ray port and
+    MTU from the worker; on the head, Ray's exposure (dashboard on the fabric only)."""
+    s, _, _ = cluster
+    r = s.cli(s.worker_node, "doctor", "--simulate", "--json", "--head-ip", HEAD_IP, env={"HF_HUB_OFFLINE": "1"})
+    assert "Traceback" not in r.stderr, r.stderr
+    got = {c["name"]: c for c in json.loads(r.stdout)["checks"]}
+    assert got["cluster"]["status"] == "pass" and got["cluster"]["detail"] == "2 of 2 GPU nodes joined"
+    assert got["versions"] == {**got["versions"], "status": "pass", "detail": "equal on 2 node(s)"}
+    assert got["peer"]["status"] == "pass" and "its Ray port answers" in got["peer"]["detail"]
+    assert got["MTU"]["status"] == "pass", got["MTU"]
+    assert got["Ray token"]["status"] == "pass"
+    r = s.cli(s.head_node, "doctor", "--simulate", "--json", env={"HF_HUB_OFFLINE": "1"})
+    got = {c["name"]: c for c in json.loads(r.stdout)["checks"]}
+    assert got["Ray exposure"]["status"] == "pass" and f"dashboard on {HEAD_IP}" in got["Ray exposure"]["detail"]
+    assert got["Ray ports"]["status"] == "skip"  # held by our own node, not a conflict
 
 
 def test_stop_worker_then_head_leaves_nothing(cluster):

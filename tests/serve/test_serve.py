@@ -17,7 +17,7 @@ from orchestrator.sim import netns
 from orchestrator.sim.demo import serving_cluster
 from orchestrator.sim.tinymodel import make_tiny_model
 
-from conftest import PREFIX, REPO, clean_env
+from conftest import API_KEY, PREFIX, REPO, clean_env
 
 
 @pytest.fixture(scope="module")
@@ -29,14 +29,15 @@ def model(tmp_path_factory):
 def served(netns_ok, model, tmp_path_factory):
     lines: list[tuple[str, str]] = []
     logs = tmp_path_factory.mktemp("logs")
-    with serving_cluster(logs, model, lambda who, line: lines.append((who, line)), prefix=PREFIX) as sim:
+    with serving_cluster(logs, model, lambda who, line: lines.append((who, line)), prefix=PREFIX,
+                         api_key=API_KEY) as sim:
         yield sim, lines
 
 
-def in_client(sim, code: str) -> dict:
+def in_client(sim, code: str, api_key: str = API_KEY) -> dict:
     """Run `code` (which prints JSON) with the OpenAI client inside the worker Spark."""
     prelude = f"import json, openai, urllib.request\nBASE = {sim.url!r}\n" \
-              "client = openai.OpenAI(base_url=BASE + '/v1', api_key='none')\n"
+              f"client = openai.OpenAI(base_url=BASE + '/v1', api_key={api_key!r})\n"
     out = sim.client().run(sys.executable, "-c", prelude + textwrap.dedent(code),
                            capture_output=True, text=True, timeout=120, env=clean_env())
     assert out.returncode == 0, out.stderr[-2000:]
@@ -59,6 +60,20 @@ def test_health_and_models(served, model):
         print(json.dumps({'health': health, 'models': [m.id for m in client.models.list()]}))
     """)
     assert got == {"health": 200, "models": [model]}
+
+
+def test_api_key_guards_v1(served, model):
+    """The planted --api-key reached vLLM: /v1 without it is 401, /health stays open."""
+    sim, _ = served
+    got = in_client(sim, """
+        try:
+            client.models.list()
+            code = 200
+        except openai.AuthenticationError as e:
+            code = e.status_code
+        print(json.dumps({'v1': code, 'health': urllib.request.urlopen(BASE + '/health', timeout=5).status}))
+    """, api_key="not-the-key")
+    assert got == {"v1": 401, "health": 200}
 
 
 def test_chat_completion(served, model):
@@ -96,14 +111,15 @@ def test_status_sees_cluster_and_server(served):
     sim, _ = served
     node = sim.client()
     out = node.run(sys.executable, "-m", "launch", "status", "--json", "--sysfs-root", node.sysfs_root,
-                   "--head-ip", sim.net.nodes[0].ip, capture_output=True, text=True, timeout=60,
-                   env=clean_env(), cwd=REPO)
+                   "--head-ip", sim.net.nodes[0].ip, "--token-file", sim.token_file, capture_output=True,
+                   text=True, timeout=60, env=clean_env(), cwd=REPO)
     assert out.returncode == 0, out.stderr
     status = json.loads(out.stdout)
     assert status["complete"] is True and status["gpus"] == 2
     assert sorted((n["ip"], n["head"]) for n in status["nodes"] if n["alive"]) == \
         [(sim.net.nodes[0].ip, True), (sim.net.nodes[1].ip, False)]
     assert status["server"]["health"] == "healthy"
+    assert status["auth"] == {"ray_token": "on", "api_key": "on"}
 
 
 def test_stop_drains_and_leaves_nothing(served):
