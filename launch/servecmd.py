@@ -16,7 +16,8 @@ import threading
 import time
 
 from orchestrator.cluster import ray_node
-from orchestrator.ops import logs
+from orchestrator.net.discovery import discover
+from orchestrator.ops import logs, metrics
 from orchestrator.serve import engine, health
 from orchestrator.cluster.bootstrap import SIMULATE_VAR, NodePlan, apply_environment
 from orchestrator.serve.compat import load_vllm_api
@@ -54,6 +55,16 @@ def head_cluster(plan: NodePlan):
         yield node, node.address
 
 
+def serving_metrics(plan: NodePlan, t_cluster: float) -> metrics.ServingState:
+    """Our gauges in vLLM's /metrics (same process, prometheus_client's default registry)."""
+    state = metrics.ServingState(want=plan.cluster.nodes)
+    state.phase("cluster", t_cluster)
+    iface, sysfs = plan.network.choice.name, plan.network.discovery.sysfs_root
+    metrics.register(metrics.SparkCollector(state, lambda: ray_node.cluster_state(plan.cluster.nodes),
+                                            lambda: discover(sysfs).by_name(iface)))
+    return state
+
+
 def run_serve(args: argparse.Namespace, settings: Settings) -> int:
     if args.simulate:
         # Before vLLM is imported: it chooses its platform (the simulation's plugin) once.
@@ -79,8 +90,10 @@ def run_serve(args: argparse.Namespace, settings: Settings) -> int:
         t_cluster = time.monotonic() - t0
         log.info("cluster ready in %.1f s; starting vLLM with %s", t_cluster, par.describe())
         public = f"http://{plan.cluster.node_ip}:{vargs.port}/v1"
+        serving = serving_metrics(plan, t_cluster)
 
         def on_ready(seconds: float) -> None:
+            serving.phase("engine", seconds)
             mark(plan, node, "serving")
             log.info("ready: %s serves %s (cluster %.1f s, engine %.1f s)",
                      public, vargs.served_model_name or [model], t_cluster, seconds)

@@ -122,6 +122,25 @@ def test_status_sees_cluster_and_server(served):
     assert status["auth"] == {"ray_token": "on", "api_key": "on"}
 
 
+def test_our_gauges_in_vllms_metrics(served):
+    """One Prometheus exposition: vLLM's own series and ours, from the head's /metrics
+    (outside /v1: no API key needed), scraped from the other Spark."""
+    sim, _ = served
+    got = in_client(sim, """
+        text = urllib.request.urlopen(BASE + '/metrics', timeout=10).read().decode()
+        print(json.dumps({'lines': [l for l in text.splitlines() if not l.startswith('#')]}))
+    """)
+    values = dict(line.rsplit(" ", 1) for line in got["lines"])
+    assert any(name.startswith("vllm:") for name in values)  # vLLM's own
+    assert float(values["spark_vllm_nodes_alive"]) == 2 and float(values["spark_vllm_nodes_wanted"]) == 2
+    assert float(values["spark_vllm_gpus"]) == 2
+    assert float(values['spark_vllm_fabric_link_up{iface="enp1s0f1np1"}']) == 1
+    assert float(values['spark_vllm_fabric_link_speed_bits_per_second{iface="enp1s0f1np1"}']) == 2e11
+    assert float(values['spark_vllm_phase_duration_seconds{phase="cluster"}']) > 0
+    assert float(values['spark_vllm_phase_duration_seconds{phase="engine"}']) > 0
+    assert float(values["spark_vllm_engine_restarts_total"]) == 0
+
+
 def test_stop_drains_and_leaves_nothing(served):
     """Last in this module: `spark-vllm stop` on the head ends the server (exit 0), the
     worker follows, and no process is left in either Spark."""
