@@ -189,7 +189,8 @@ def memory(f: Facts) -> Check:
     if not avail:
         return Check("memory", SKIP, "/proc/meminfo unreadable")
     avail, free = avail * 1024, (free or 0) * 1024
-    flushed = " (page cache flushed)" if f.dropped_caches else ""
+    flushed = " (page cache flushed)" if f.dropped_caches else \
+        " (--drop-caches needs root: not flushed)" if f.drop_caches_asked else ""
     if f.model is None or not f.model.size_bytes:
         return Check("memory", PASS, f"{gib(avail)} available, {gib(free)} free{flushed} (no model size to compare)")
     need = f.model.size_bytes * MEMORY_MARGIN / max(1, f.nodes)

@@ -66,7 +66,8 @@ def gather(req: DoctorRequest, environ: Mapping[str, str] = os.environ) -> fx.Fa
         f = replace(f, peer=state, peer_mss=mss)
     dropped = fx.drop_caches() if req.drop_caches else False
     gpus, driver_cuda = (None, None) if req.simulate else fx.read_gpus()
-    f = replace(f, gpus=gpus, driver_cuda=driver_cuda, meminfo=fx.read_meminfo(), dropped_caches=dropped)
+    f = replace(f, gpus=gpus, driver_cuda=driver_cuda, meminfo=fx.read_meminfo(), dropped_caches=dropped,
+                drop_caches_asked=req.drop_caches)
     if req.model:
         model, where = fx.read_model(req.model, environ)
         f = replace(f, model=model, disk_free_bytes=fx.disk_free(where))

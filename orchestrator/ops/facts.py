@@ -74,6 +74,7 @@ class Facts:
     driver_cuda: str | None = None  # "13.0", what the driver supports
     torch_cuda: str | None = None  # what torch was built for (None: CPU build or no torch)
     meminfo: Mapping[str, int] = field(default_factory=dict)  # kB, /proc/meminfo
+    drop_caches_asked: bool = False
     dropped_caches: bool = False
     model: ModelFacts | None = None
     hf_token: bool = False

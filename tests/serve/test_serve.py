@@ -29,8 +29,9 @@ def model(tmp_path_factory):
 def served(netns_ok, model, tmp_path_factory):
     lines: list[tuple[str, str]] = []
     logs = tmp_path_factory.mktemp("logs")
+    # `--api-key` as a user gives it: a vLLM flag spark-vllm passes through untouched.
     with serving_cluster(logs, model, lambda who, line: lines.append((who, line)), prefix=PREFIX,
-                         api_key=API_KEY) as sim:
+                         flags=("--api-key", API_KEY)) as sim:
         yield sim, lines
 
 
