@@ -80,7 +80,7 @@ def bring_up(plan: NodePlan, environ: MutableMapping[str, str] = os.environ) -> 
     apply_environment(plan, environ)
     if not plan.auth.enabled:
         log.warning(OFF_WARNING)
-    elif ensure_token(plan.auth, create=plan.role == "head", environ=environ):
+    elif plan.role == "head" and ensure_token(plan.auth, create=True, environ=environ):
         log.info("created a Ray auth token in %s (mode 0600); on the other Sparks: %s",
                  plan.auth.token_file, share_hint(plan.auth.token_file))
     c = plan.cluster
@@ -88,6 +88,9 @@ def bring_up(plan: NodePlan, environ: MutableMapping[str, str] = os.environ) -> 
              plan.network.choice.name, plan.network.choice.reason, plan.auth.describe())
     if plan.role == "worker":
         waited = wait_for_port(c.head_ip, c.port, c.join_timeout)
+        # Only once the head answers: it writes the token before it listens, so where both
+        # share a filesystem (the simulation) the same command started together works.
+        ensure_token(plan.auth, create=False, environ=environ)
         log.info("head %s answers (after %.1f s); joining", c.gcs_address, waited)
     start = time.monotonic()
     node = RayNode(c)

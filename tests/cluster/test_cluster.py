@@ -35,6 +35,9 @@ READY = "head ready"
 # The GCS declares a killed node dead after period x threshold: about 1.5 s, not 15 s.
 FAST_HEALTH_CHECK = {"RAY_health_check_initial_delay_ms": "0", "RAY_health_check_period_ms": "500",
                      "RAY_health_check_timeout_ms": "500", "RAY_health_check_failure_threshold": "3"}
+# Something answering on the head's GCS port, without Ray.
+LISTEN_6379 = ("import socket, time; s = socket.socket(); s.bind(('0.0.0.0', 6379)); s.listen(); "
+               "print('up', flush=True); time.sleep(120)")
 SKEWED = {"SPARK_VLLM_REPORT_OVERRIDE": json.dumps({"vllm": "0.0.1"})}
 
 
@@ -349,8 +352,14 @@ def test_worker_without_the_token_file_names_the_fix(sparks, how):
     home = sparks.tmp / "bare-home"
     missing = sparks.tmp / "no-such-token" if how == "--token-file" else home / ".ray" / "auth_token"
     args = ("--token-file", str(missing)) if how == "--token-file" else ()
-    r = sparks.cli(sparks.worker_node, "worker", "--simulate", "--head-ip", HEAD_IP, "--join-timeout", "3",
-                   *args, env={"HOME": str(home)})
+    head = sparks.head_node.popen(sys.executable, "-c", LISTEN_6379, stdout=subprocess.PIPE, text=True)
+    try:
+        assert head.stdout.readline().strip() == "up"  # the head answers (checked first), no token here
+        r = sparks.cli(sparks.worker_node, "worker", "--simulate", "--head-ip", HEAD_IP, "--join-timeout", "3",
+                       *args, env={"HOME": str(home)})
+    finally:
+        head.kill()
+        head.wait()
     assert r.returncode == 2, r.stderr
     want = f"Ray token authentication is on and the token file {missing} is missing or empty"
     assert r.stderr.startswith("spark-vllm: error: ") and want in r.stderr and "Traceback" not in r.stderr
