@@ -91,4 +91,5 @@ def main(argv: list[str] | None = None) -> int:
         if os.environ.get("SPARK_VLLM_DEBUG"):
             raise
         print(f"spark-vllm: error: {exc}", file=sys.stderr)
+        logs.to_files(f"error: {exc}")
         return exit_code_for(exc)

@@ -109,3 +109,12 @@ def capture(names: tuple[str, ...] = ("vllm", "ray")) -> None:
         for h in ours:
             if h not in logger.handlers:
                 logger.addHandler(h)
+
+
+def to_files(message: str, level: int = logging.ERROR) -> None:
+    """A line for the log file only (the final error, which the CLI prints itself)."""
+    logger = logging.getLogger(LOGGER)
+    record = logger.makeRecord(LOGGER, level, __file__, 0, message, None, None)
+    for h in logger.handlers:
+        if getattr(h, _MARK, False) and isinstance(h, logging.handlers.RotatingFileHandler):
+            h.handle(record)

@@ -87,6 +87,16 @@ def test_cli_json_log_to_stderr_and_the_folder(tmp_path, how):
     assert json.loads((folder / "spark-vllm.log").read_text().splitlines()[-1])["msg"] == line["msg"]
 
 
+def test_cli_error_reaches_the_log_file_too(tmp_path):
+    folder = tmp_path / "logs"
+    r = subprocess.run([sys.executable, "-m", "launch", "env", "--iface", "no-such-if", "--log-format", "json",
+                        "--log-dir", str(folder)], capture_output=True, text=True, timeout=60, cwd=REPO,
+                       env=clean_env())
+    assert r.returncode == 3 and r.stderr.splitlines()[-1].startswith("spark-vllm: error: ")
+    last = json.loads((folder / "spark-vllm.log").read_text().splitlines()[-1])
+    assert last["level"] == "error" and "no-such-if" in last["msg"]
+
+
 def test_cli_bad_log_dir_is_one_line(tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("")
