@@ -60,8 +60,8 @@ def serving_metrics(plan: NodePlan, t_cluster: float) -> metrics.ServingState:
     state = metrics.ServingState(want=plan.cluster.nodes)
     state.phase("cluster", t_cluster)
     iface, sysfs = plan.network.choice.name, plan.network.discovery.sysfs_root
-    metrics.register(metrics.SparkCollector(state, lambda: ray_node.cluster_state(plan.cluster.nodes),
-                                            lambda: discover(sysfs).by_name(iface)))
+    nodes = metrics.Poller(lambda: ray_node.cluster_state(plan.cluster.nodes)).start()
+    metrics.register(metrics.SparkCollector(state, nodes.latest, lambda: discover(sysfs).by_name(iface)))
     return state
 
 

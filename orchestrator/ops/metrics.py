@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from dataclasses import dataclass, field
 from typing import Callable, Iterable
 
@@ -116,6 +117,44 @@ class SparkCollector:
                 fam = families[s.name] = kind(PREFIX + s.name, s.help, labels=[k for k, _ in s.labels])
             fam.add_metric([v for _, v in s.labels], s.value)
         return list(families.values())
+
+
+class Poller:
+    """Reads a source every `interval` seconds in a daemon thread; `latest()` returns the
+    last value, or None when it is older than `stale` seconds. A scrape runs on vLLM's
+    event loop: Ray's node table, read there, would stall every request while the GCS
+    is unreachable (Ray retries for many seconds)."""
+
+    def __init__(self, reader: Callable, interval: float = 5.0, stale: float = 30.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.reader, self.interval, self.stale, self.clock = reader, interval, stale, clock
+        self._value, self._at, self._error = None, None, None
+        self._stop = threading.Event()
+
+    def poll_once(self) -> None:
+        try:
+            value = self.reader()
+        except Exception as exc:  # kept for latest(): a scrape shows nothing rather than old data
+            self._error = exc
+            return
+        self._value, self._at, self._error = value, self.clock(), None
+
+    def start(self) -> "Poller":
+        def loop():
+            while not self._stop.is_set():
+                self.poll_once()
+                self._stop.wait(self.interval)
+
+        threading.Thread(target=loop, name="spark-vllm-metrics", daemon=True).start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def latest(self):
+        if self._at is None or self.clock() - self._at > self.stale:
+            raise self._error or LookupError("no fresh reading yet")
+        return self._value
 
 
 def register(collector: SparkCollector, registry=None) -> None:

@@ -5,10 +5,12 @@ from __future__ import annotations
 import json
 import re
 
+import pytest
+
 from prometheus_client import CollectorRegistry, generate_latest
 
 from orchestrator.cluster.nodes import ClusterState, NodeInfo
-from orchestrator.ops.metrics import ServingState, SparkCollector, samples
+from orchestrator.ops.metrics import Poller, ServingState, SparkCollector, samples
 
 from conftest import REPO
 
@@ -55,3 +57,26 @@ def test_grafana_dashboard_uses_only_series_that_exist(make_iface):
     exported = {"spark_vllm_" + s.name + ("_total" if s.kind == "counter" else "")
                 for s in samples(state, CLUSTER, make_iface())}
     assert used and used <= exported, used - exported
+
+
+def test_poller_serves_fresh_values_only():
+    now = [0.0]
+    values = iter([CLUSTER, ConnectionError("GCS gone")])
+
+    def read():
+        v = next(values)
+        if isinstance(v, Exception):
+            raise v
+        return v
+
+    p = Poller(read, stale=30, clock=lambda: now[0])
+    with pytest.raises(LookupError):
+        p.latest()  # nothing read yet
+    p.poll_once()
+    assert p.latest() is CLUSTER
+    p.poll_once()  # the GCS went away: the last good value stays until it is stale
+    now[0] = 10
+    assert p.latest() is CLUSTER
+    now[0] = 31
+    with pytest.raises(ConnectionError):
+        p.latest()
