@@ -13,14 +13,15 @@ import os
 import sys
 
 from orchestrator import __version__, errors
+from orchestrator.ops import logs
 from orchestrator.settings import Settings
 
-from . import clustercmd, democmd, modelscmd, netcmd, servecmd
+from . import clustercmd, democmd, doctorcmd, modelscmd, netcmd, servecmd
 from .exitcodes import exit_code_for
 
 log = logging.getLogger("spark_vllm")
 
-COMMANDS = (netcmd, clustercmd, servecmd, democmd, modelscmd)
+COMMANDS = (netcmd, clustercmd, servecmd, democmd, modelscmd, doctorcmd)
 
 
 class Parser(argparse.ArgumentParser):
@@ -41,18 +42,29 @@ def build_parser(settings: Settings) -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for module in COMMANDS:
         module.register(sub, settings)
+    for command in sub.choices.values():
+        add_logging_options(command, settings)
     return parser
 
 
-def setup_logging(verbose: bool) -> None:
-    """Our own lines, prefixed; vLLM and Ray keep their own loggers and formats."""
-    logger = logging.getLogger("spark_vllm")
-    if not logger.handlers:
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("spark-vllm: %(message)s"))
-        logger.addHandler(handler)
-    logger.setLevel(logging.DEBUG if verbose else logging.INFO)
-    logger.propagate = False
+def add_logging_options(p: argparse.ArgumentParser, settings: Settings) -> None:
+    g = p.add_argument_group("logging")
+    g.add_argument("--log-format", choices=logs.FORMATS, default=settings.log_format,
+                   help="readable lines (text, default) or one JSON object a line (env SPARK_VLLM_LOG_FORMAT)")
+    g.add_argument("--log-dir", default=settings.log_dir, metavar="DIR",
+                   help=f"also write the log to DIR/{logs.FILE_NAME}, rotated by size (env SPARK_VLLM_LOG_DIR)")
+    g.add_argument("--log-max-bytes", type=int, default=logs.DEFAULT_MAX_BYTES, metavar="N",
+                   help="rotate the log file at N bytes; Ray's logs rotate at the same size (default 100 MiB)")
+    g.add_argument("--log-backups", type=int, default=logs.DEFAULT_BACKUPS, metavar="N",
+                   help="rotated files kept, ours and Ray's (default 5)")
+
+
+def setup_logging(args: argparse.Namespace) -> None:
+    """Our own lines (text or JSON, on stderr and in --log-dir); vLLM and Ray keep
+    their own console formats."""
+    args.log_options = logs.LogOptions(args.log_format, args.log_dir, args.log_max_bytes, args.log_backups,
+                                       args.verbose)
+    logs.configure(args.log_options)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -63,8 +75,8 @@ def main(argv: list[str] | None = None) -> int:
     if extra and not getattr(args, "accepts_extra", False):
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     args.extra = extra
-    setup_logging(args.verbose)
     try:
+        setup_logging(args)
         return args.func(args, settings) or 0
     except KeyboardInterrupt:
         print("spark-vllm: interrupted", file=sys.stderr)
@@ -79,4 +91,5 @@ def main(argv: list[str] | None = None) -> int:
         if os.environ.get("SPARK_VLLM_DEBUG"):
             raise
         print(f"spark-vllm: error: {exc}", file=sys.stderr)
+        logs.to_files(f"error: {exc}")
         return exit_code_for(exc)

@@ -10,11 +10,11 @@ import signal
 from dataclasses import dataclass
 
 from orchestrator.cluster import membership, ray_node, runstate, versions
-from orchestrator.cluster.auth import ensure_token, plan_auth
+from orchestrator.cluster.auth import AuthPlan, ensure_token, plan_auth
 from orchestrator.cluster.bootstrap import NodePlan, NodeRequest, bring_up, plan_node
 from orchestrator.cluster.ray_node import ClusterOptions
 from orchestrator.errors import ClusterError, ClusterIncomplete, Stopped, UsageError
-from orchestrator.serve.health import health_state
+from orchestrator.serve.health import api_key_state, health_state
 from orchestrator.net.plan import plan_network
 from orchestrator.cluster.nodes import ClusterState
 from orchestrator.settings import Settings
@@ -41,9 +41,16 @@ def add_cluster_options(p: argparse.ArgumentParser, settings: Settings) -> None:
                    help="CPU simulation: one GPU per node, vLLM's CPU engine (env SPARK_VLLM_SIMULATE=1)")
     g.add_argument("--allow-version-skew", action="store_true",
                    help="start even when Python/Ray/vLLM/torch/NCCL versions differ between nodes")
+    add_auth_options(g, settings)
+
+
+def add_auth_options(g, settings: Settings) -> None:
     g.add_argument("--token-file", default=settings.token_file, metavar="PATH",
-                   help="Ray auth token file: the head creates it if missing, workers need a copy "
-                        "(env SPARK_VLLM_TOKEN_FILE)")
+                   help="Ray auth token file (default ~/.ray/auth_token): the head creates it if missing, "
+                        "the other Sparks need a copy (env SPARK_VLLM_TOKEN_FILE)")
+    g.add_argument("--no-auth", action="store_true", default=settings.no_auth,
+                   help="turn Ray token authentication off on this node (not recommended; every node "
+                        "must agree; env SPARK_VLLM_NO_AUTH=1)")
 
 
 def register(sub, settings: Settings) -> None:
@@ -62,8 +69,7 @@ def register(sub, settings: Settings) -> None:
     p.add_argument("--nodes", type=int, default=2, help="GPU nodes a complete cluster has (default 2)")
     p.add_argument("--ray-port", type=int, default=ray_node.DEFAULT_PORT)
     p.add_argument("--server-url", default=None, help="vLLM server to check (default http://HEAD:8000)")
-    p.add_argument("--token-file", default=settings.token_file, metavar="PATH",
-                   help="the cluster's Ray auth token file, if it uses one (env SPARK_VLLM_TOKEN_FILE)")
+    add_auth_options(p, settings)
     add_json(p)
     p.set_defaults(func=run_status)
 
@@ -76,7 +82,7 @@ def register(sub, settings: Settings) -> None:
 def node_request(args: argparse.Namespace) -> NodeRequest:
     return NodeRequest(
         head_ip=args.head_ip, iface=args.iface, node_ip=args.node_ip, force=args.force, simulate=args.simulate,
-        token_file=args.token_file,
+        token_file=args.token_file, no_auth=args.no_auth, ray_env=args.log_options.ray_environment(),
         cluster=ClusterOptions(
             node_ip="", head_ip="", port=args.ray_port, num_gpus=args.num_gpus, num_cpus=args.num_cpus,
             dashboard_host=args.dashboard_host, nodes=args.nodes, wait_timeout=args.wait_timeout,
@@ -210,7 +216,7 @@ def status_target(args: argparse.Namespace) -> StatusTarget:
                         server_url or f"http://{head_ip}:8000")
 
 
-def connect_existing(args: argparse.Namespace) -> StatusTarget:
+def connect_existing(args: argparse.Namespace) -> tuple[StatusTarget, AuthPlan]:
     """Connect this process as a driver to the running cluster (RAY_ADDRESS, this
     machine's node, or the head at --head-ip). ClusterError if none answers."""
     target = status_target(args)
@@ -219,31 +225,34 @@ def connect_existing(args: argparse.Namespace) -> StatusTarget:
     if not membership.port_open(host, int(port)) and not os.environ.get("RAY_ADDRESS"):
         raise ClusterError(f"no Ray cluster answers at {target.gcs_address}",
                            "start it with `spark-vllm head` (or serve), or pass --head-ip")
-    auth = plan_auth(os.environ, target.token_file)  # a token cluster refuses a driver without it
+    auth = plan_auth(os.environ, target.token_file, args.no_auth)  # a token cluster refuses a driver without it
     ensure_token(auth, create=False, environ=os.environ)
     os.environ.update(auth.env)
     ray_node.connect_driver(address, target.node_ip, quiet=True)
-    return target
+    return target, auth
 
 
 def run_status(args: argparse.Namespace, settings: Settings) -> int:
-    target = connect_existing(args)
+    target, auth = connect_existing(args)
     try:
         state = ray_node.cluster_state(args.nodes)
     finally:
         shutdown_driver()
-    url = target.server_url
-    health = health_state(url.rstrip("/") + "/health")
+    url = target.server_url.rstrip("/")
+    health = health_state(url + "/health")
+    api_key = api_key_state(url) if health == "healthy" else "unknown"
     if args.json:
         print_json({"nodes": [n.to_json() for n in state.nodes], "complete": state.complete,
                     "gpu_nodes": len(state.gpu_nodes), "want": args.nodes, "gpus": state.gpus,
-                    "server": {"url": url, "health": health}})
+                    "server": {"url": url, "health": health},
+                    "auth": {"ray_token": "on" if auth.enabled else "off", "api_key": api_key}})
     else:
         rows = [[n.ip, "head" if n.head else "worker", "alive" if n.alive else "dead", f"{n.gpus:g}"]
                 for n in state.nodes]
         print(table(rows, ["NODE", "ROLE", "STATE", "GPUS"]))
         print(f"\ncluster: {'complete' if state.complete else 'INCOMPLETE'} ({state.summary()})")
         print(f"server:  {url} {health}")
+        print(f"auth:    Ray token {'on' if auth.enabled else 'off'}, API key {api_key}")
     return 0 if state.complete else exit_code_for(ClusterIncomplete(state.summary()))
 
 

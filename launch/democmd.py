@@ -63,5 +63,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
               f"{len(g.divergences)} of {g.prompts} answers part at a top-2 margin under {NEAR_TIE:g}")
     if args.model == "tiny":
         print("\n(the tiny model is random, so its words are noise)")
+    print(f"\nauth: Ray token {result.auth['ray_token']} between the Sparks, API key {result.auth['api_key']} "
+          "(random for this run, never shown)")
     print("\ntimings: " + ", ".join(f"{k} {v:.1f} s" for k, v in t.items()))
     return 0

@@ -22,6 +22,7 @@ EXIT_CODES: list[tuple[type[BaseException], int]] = [
     (errors.HubError, 13),
     (errors.ServeError, 10),
     (errors.SimulationError, 11),
+    (errors.PreflightFailed, 14),
     (errors.SparkVllmError, 1),
 ]
 

@@ -20,7 +20,7 @@ from orchestrator.models.probe import gpu_memory_of
 from orchestrator.serve import engine
 from orchestrator.settings import Settings
 
-from .clustercmd import connect_existing, shutdown_driver
+from .clustercmd import add_auth_options, connect_existing, shutdown_driver
 from .options import add_json, add_network_options, print_json, table
 
 log = logging.getLogger("spark_vllm")
@@ -36,8 +36,7 @@ def register(sub, settings: Settings) -> None:
     p.add_argument("model", help="Hugging Face id, e.g. nvidia/Qwen3-8B-FP4")
     add_network_options(p, settings)
     p.add_argument("--ray-port", type=int, default=ray_node.DEFAULT_PORT)
-    p.add_argument("--token-file", default=settings.token_file, metavar="PATH",
-                   help="the cluster's Ray auth token file, if it uses one (env SPARK_VLLM_TOKEN_FILE)")
+    add_auth_options(p, settings)
     p.add_argument("--timeout", type=float, default=24 * 3600, metavar="S", help="give up after S seconds")
     p.add_argument("--hub-on-every-node", action="store_true",
                    help="download from the Hub on every node, instead of once on the head and copying over the fabric")

@@ -16,6 +16,8 @@ import threading
 import time
 
 from orchestrator.cluster import ray_node
+from orchestrator.net.discovery import discover
+from orchestrator.ops import logs, metrics
 from orchestrator.serve import engine, health
 from orchestrator.cluster.bootstrap import SIMULATE_VAR, NodePlan, apply_environment
 from orchestrator.serve.compat import load_vllm_api
@@ -55,6 +57,16 @@ def head_cluster(plan: NodePlan):
         yield node, node.address
 
 
+def serving_metrics(plan: NodePlan, t_cluster: float) -> metrics.ServingState:
+    """Our gauges in vLLM's /metrics (same process, prometheus_client's default registry)."""
+    state = metrics.ServingState(want=plan.cluster.nodes)
+    state.phase("cluster", t_cluster)
+    iface, sysfs = plan.network.choice.name, plan.network.discovery.sysfs_root
+    nodes = metrics.Poller(lambda: ray_node.cluster_state(plan.cluster.nodes)).start()
+    metrics.register(metrics.SparkCollector(state, nodes.latest, lambda: discover(sysfs).by_name(iface)))
+    return state
+
+
 def run_serve(args: argparse.Namespace, settings: Settings) -> int:
     if args.simulate:
         # Before vLLM is imported: it chooses its platform (the simulation's plugin) once.
@@ -67,6 +79,7 @@ def run_serve(args: argparse.Namespace, settings: Settings) -> int:
 
     model = engine.check_model(args.model)
     api = load_vllm_api()
+    logs.capture()  # vLLM's and Ray's Python loggers into --log-dir too (vLLM set its own up at import)
     vargs = engine.parse_serve_args(api, model, modelscmd.serve_flags(api, model, args))
     log.info("vLLM %s accepted the flags; forming the cluster", api.version)
     found = modelscmd.model_source(model)
@@ -87,8 +100,10 @@ def run_serve(args: argparse.Namespace, settings: Settings) -> int:
         log.info("cluster ready in %.1f s; starting vLLM with %s", t_cluster, par.describe())
         server_url = f"http://{plan.cluster.node_ip}:{vargs.port}"
         public = server_url + "/v1"
+        serving = serving_metrics(plan, t_cluster)
 
         def on_ready(seconds: float) -> None:
+            serving.phase("engine", seconds)
             mark(plan, node, "serving", server_url)
             log.info("ready: %s serves %s (cluster %.1f s, engine %.1f s)",
                      public, vargs.served_model_name or [model], t_cluster, seconds)

@@ -119,6 +119,11 @@ class NotEnoughDisk(HubError, OSError):
     pass
 
 
+# --- operations -------------------------------------------------------------------
+class PreflightFailed(SparkVllmError):
+    """`spark-vllm doctor` found a check failing."""
+
+
 # --- simulation (demo, tests) ----------------------------------------------------
 class SimulationError(SparkVllmError):
     """The simulated Sparks (namespaces, tiny model) could not be built."""

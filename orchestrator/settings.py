@@ -26,6 +26,9 @@ class Settings:
     simulate: bool = False  # SPARK_VLLM_SIMULATE=1
     token_file: str | None = None  # SPARK_VLLM_TOKEN_FILE
     gpu_memory: str | None = None  # SPARK_VLLM_GPU_MEMORY, e.g. 128G
+    no_auth: bool = False  # SPARK_VLLM_NO_AUTH=1
+    log_format: str = "text"  # SPARK_VLLM_LOG_FORMAT
+    log_dir: str | None = None  # SPARK_VLLM_LOG_DIR
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> "Settings":
@@ -37,4 +40,7 @@ class Settings:
             simulate=env_flag(environ.get("SPARK_VLLM_SIMULATE")),
             token_file=environ.get("SPARK_VLLM_TOKEN_FILE") or None,
             gpu_memory=environ.get("SPARK_VLLM_GPU_MEMORY") or None,
+            no_auth=env_flag(environ.get("SPARK_VLLM_NO_AUTH")),
+            log_format=environ.get("SPARK_VLLM_LOG_FORMAT") or "text",
+            log_dir=environ.get("SPARK_VLLM_LOG_DIR") or None,
         )

@@ -11,6 +11,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -20,6 +21,17 @@ from orchestrator.net.discovery import Interface
 
 PREFIX = "svtest"
 REPO = Path(__file__).resolve().parents[1]
+
+# Planted secrets. Every test process and every spark-vllm, Ray and vLLM process the
+# tests start sees the HF token in its environment; the serve tests run vLLM with the
+# API key, the cluster tests with the Ray token. The session ends with a scan of every
+# output (see `no_secret_in_any_output`) that must find none of them.
+HF_TOKEN = "hf_svtestPLANTEDhftoken7Qm2ZkP9"
+API_KEY = "sk-svtest-PLANTED-apikey-4Jd8WqLr"
+RAY_TOKEN = "svtestPLANTEDraytoken" + "5c1e" * 10
+for _var in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN"):
+    os.environ[_var] = HF_TOKEN
+TOKEN_NAMES = ("auth_token", "ray-token")  # token files the tests or spark-vllm write
 
 # Variables the CLI reads or plans: never inherited from the shell running pytest.
 COMM_VARS = (
@@ -40,6 +52,69 @@ def nothing_left_behind():
     mine = f"{PREFIX}-{os.getpid()}-"
     assert netns.list_namespaces(mine) == [], "tests left network namespaces behind"
     assert list(Path(tempfile.gettempdir()).glob(mine + "*")) == [], "tests left sysfs trees behind"
+
+
+# --- the secret scan ----------------------------------------------------------------
+CAPTURED: list[str] = []  # pytest's captured output of every test phase
+
+
+def pytest_runtest_logreport(report):
+    CAPTURED.extend(t for t in (report.capstdout, report.capstderr, report.caplog, report.longreprtext) if t)
+
+
+def scan_for_secrets(secrets: set[str], texts: list, files: list[Path]) -> list[str]:
+    """Where any of `secrets` shows up: "output #i" or a file path, with the secret's first
+    characters. Token files themselves are skipped."""
+    found = []
+    for i, text in enumerate(texts):
+        text = text.decode(errors="replace") if isinstance(text, bytes) else str(text)
+        found += [f"output #{i}: {s[:12]}..." for s in secrets if s in text]
+    for path in files:
+        if path.name in TOKEN_NAMES or not path.is_file() or path.stat().st_size > 50 << 20:
+            continue
+        text = path.read_bytes().decode(errors="replace")
+        found += [f"{path}: {s[:12]}..." for s in secrets if s in text]
+    return found
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_secret_in_any_output(tmp_path_factory):
+    """Records the output of every `subprocess.run` of the session (the CLI runs), then
+    scans it, pytest's captured output, every file under the session's temp folder
+    (node logs, served logs) and the Ray session logs written meanwhile, for the planted
+    secrets and every token file the run wrote."""
+    real_run, outputs, start = subprocess.run, [], time.time()
+
+    def recording_run(*args, **kwargs):
+        result = real_run(*args, **kwargs)
+        outputs.extend(x for x in (result.stdout, result.stderr) if x)
+        return result
+
+    subprocess.run = recording_run
+    try:
+        yield
+    finally:
+        subprocess.run = real_run
+    base = tmp_path_factory.getbasetemp()
+    files = [p for p in base.rglob("*") if p.is_file()]
+    secrets = {HF_TOKEN, API_KEY, RAY_TOKEN}
+    secrets |= {t for p in files if p.name in TOKEN_NAMES and (t := p.read_text().strip())}
+    ray_logs = [p for d in Path(tempfile.gettempdir(), "ray").glob("session_*")
+                if d.is_dir() and not d.is_symlink() and d.stat().st_mtime >= start
+                for p in d.rglob("*") if p.is_file()]
+    leaks = scan_for_secrets(secrets, outputs + CAPTURED, files + ray_logs)
+    assert not leaks, "planted secrets found in the output:\n" + "\n".join(leaks[:20])
+
+
+@pytest.fixture(scope="session", autouse=True)
+def planted_ray_token(tmp_path_factory):
+    """Token auth is on by default: every spark-vllm the tests start finds the planted
+    token through RAY_AUTH_TOKEN_PATH, instead of writing this machine's ~/.ray/auth_token."""
+    path = tmp_path_factory.getbasetemp() / "ray-token"
+    path.write_text(RAY_TOKEN)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("RAY_AUTH_TOKEN_PATH", str(path))
+        yield path
 
 
 @pytest.fixture(scope="session")

@@ -9,10 +9,10 @@ from __future__ import annotations
 import logging
 import os
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Mapping, MutableMapping
 
-from .auth import AuthPlan, ensure_token, plan_auth
+from .auth import OFF_WARNING, AuthPlan, ensure_token, plan_auth, share_hint
 from .membership import check_head_subnet, wait_for_port
 from .ray_node import ClusterOptions, RayNode
 from ..net.discovery import Discovery
@@ -34,6 +34,8 @@ class NodeRequest:
     force: bool = False
     simulate: bool = False
     token_file: str | None = None
+    no_auth: bool = False  # --no-auth: Ray token authentication off (warned)
+    ray_env: Mapping[str, str] = field(default_factory=dict)  # e.g. Ray's log rotation
     cluster: ClusterOptions | None = None  # node_ip/head_ip filled in by plan_node
 
 
@@ -50,7 +52,7 @@ class NodePlan:
 
 
 def plan_node(req: NodeRequest, discovery: Discovery, environ: Mapping[str, str]) -> NodePlan:
-    extra = {SIMULATE_VAR: "1"} if req.simulate else {}
+    extra = {**req.ray_env, **({SIMULATE_VAR: "1"} if req.simulate else {})}
     network = plan_network(discovery, environ, iface=req.iface, head_ip=req.head_ip,
                            force=req.force, extra=extra, node_ip=req.node_ip)
     base = req.cluster or ClusterOptions(node_ip="", head_ip="")
@@ -64,7 +66,7 @@ def plan_node(req: NodeRequest, discovery: Discovery, environ: Mapping[str, str]
     node_ip = network.head_ip if role == "head" and network.head_ip else network.node_ip
     cluster = replace(base, node_ip=node_ip, head_ip=network.head_ip or node_ip,
                       simulate=req.simulate)
-    return NodePlan(role, network, plan_auth(environ, req.token_file), cluster)
+    return NodePlan(role, network, plan_auth(environ, req.token_file, req.no_auth), cluster)
 
 
 def apply_environment(plan: NodePlan, environ: MutableMapping[str, str]) -> None:
@@ -76,13 +78,19 @@ def bring_up(plan: NodePlan, environ: MutableMapping[str, str] = os.environ) -> 
     for note in plan.network.env.notes:
         log.info(note)
     apply_environment(plan, environ)
-    if ensure_token(plan.auth, create=plan.role == "head", environ=environ):
-        log.info("created a Ray auth token in %s (copy it to the other Sparks)", plan.auth.token_file)
+    if not plan.auth.enabled:
+        log.warning(OFF_WARNING)
+    elif plan.role == "head" and ensure_token(plan.auth, create=True, environ=environ):
+        log.info("created a Ray auth token in %s (mode 0600); on the other Sparks: %s",
+                 plan.auth.token_file, share_hint(plan.auth.token_file))
     c = plan.cluster
     log.info("this Spark is the %s: %s on %s (%s); %s", plan.role, c.node_ip,
              plan.network.choice.name, plan.network.choice.reason, plan.auth.describe())
     if plan.role == "worker":
         waited = wait_for_port(c.head_ip, c.port, c.join_timeout)
+        # Only once the head answers: it writes the token before it listens, so where both
+        # share a filesystem (the simulation) the same command started together works.
+        ensure_token(plan.auth, create=False, environ=environ)
         log.info("head %s answers (after %.1f s); joining", c.gcs_address, waited)
     start = time.monotonic()
     node = RayNode(c)

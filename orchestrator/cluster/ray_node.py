@@ -87,7 +87,8 @@ def attach_address(environ) -> str | None:
     return environ.get("RAY_ADDRESS") or None
 
 
-AUTH_HINT = "the cluster uses token authentication: pass --token-file with a copy of the head's token file"
+AUTH_HINT = ("Ray token authentication is on: give this machine a copy of the head's token file "
+             "(default ~/.ray/auth_token, or --token-file PATH), and run every Spark with or without --no-auth alike")
 
 
 def _auth_refused(exc: BaseException) -> bool:

@@ -43,3 +43,15 @@ def announce_when_ready(url: str, on_ready: Callable[[float], None], stop: threa
     t = threading.Thread(target=watch, name="spark-vllm-ready", daemon=True)
     t.start()
     return t
+
+
+def api_key_state(base_url: str, timeout: float = 3.0) -> str:
+    """Whether the server asks for an API key (`--api-key`), learned without one:
+    "on" when `/v1/models` answers 401, "off" when it answers 200, else "unknown"."""
+    try:
+        with urllib.request.urlopen(base_url.rstrip("/") + "/v1/models", timeout=timeout) as r:
+            return "off" if r.status == 200 else "unknown"
+    except urllib.error.HTTPError as e:
+        return "on" if e.code == 401 else "unknown"
+    except OSError:
+        return "unknown"

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 import urllib.request
@@ -21,7 +22,10 @@ HAIKU = "Write a haiku about a GPU"
 
 
 def post(url: str, body: dict, timeout: float = 120.0) -> dict:
-    req = urllib.request.Request(url, json.dumps(body).encode(), {"Content-Type": "application/json"})
+    headers = {"Content-Type": "application/json"}
+    if os.environ.get("VLLM_API_KEY"):  # the server's --api-key, handed over in the environment
+        headers["Authorization"] = f"Bearer {os.environ['VLLM_API_KEY']}"
+    req = urllib.request.Request(url, json.dumps(body).encode(), headers)
     with urllib.request.urlopen(req, timeout=timeout) as r:
         return json.load(r)
 

@@ -15,6 +15,8 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
+import secrets
 import subprocess
 import sys
 import threading
@@ -40,6 +42,10 @@ SIM_VLLM_FLAGS = ("--max-model-len", "512", "--max-num-seqs", "16", "--kv-cache-
 PORT = 8000
 MAX_TOKENS = 32
 MODELS = ("smollm2", "tiny")  # the first is the default
+TOKEN_VAR = "SPARK_VLLM_TOKEN_FILE"
+# What the demo turns on (shown, never the secrets): Ray's token between the Sparks,
+# and an API key on the OpenAI server, random for each run.
+DEMO_AUTH = {"ray_token": "on", "api_key": "on"}
 
 
 @dataclass(frozen=True)
@@ -51,10 +57,12 @@ class DemoResult:
     agreement: Agreement
     timings: dict[str, float]
     logs: str
+    auth: dict[str, str] = field(default_factory=lambda: dict(DEMO_AUTH))
 
     def to_json(self) -> dict:
         return {"url": self.url, "model": self.model, "path": self.path, "answers": self.answers,
-                "tp2_vs_single_process": self.agreement.to_json(), "timings_s": self.timings, "logs": self.logs}
+                "tp2_vs_single_process": self.agreement.to_json(), "timings_s": self.timings, "logs": self.logs,
+                "auth": self.auth}
 
 
 @dataclass
@@ -124,6 +132,7 @@ class SimCluster:
     workers: tuple[NodeRun, ...]
     url: str  # http://HEAD:PORT, reachable from inside the simulated Sparks
     ready_s: float
+    token_file: str  # the Ray auth token the simulated Sparks share
 
     def client(self, index: int = -1) -> netns.SimNode:
         """A simulated Spark to send requests from (the last worker by default)."""
@@ -143,15 +152,21 @@ def simulated_sparks(nodes: int, prefix: str, loopback: bool, on_line: Callable[
 @contextlib.contextmanager
 def serving_cluster(workdir: Path, model: str, on_line: Callable[[str, str], None], nodes: int = 2,
                     flags: tuple[str, ...] = (), timeout: float = 420.0, python: str = sys.executable,
-                    prefix: str = "sparkdemo", loopback: bool = False):
-    """`spark-vllm serve` on N simulated Sparks, ready; torn down on exit whatever happens."""
+                    prefix: str = "sparkdemo", loopback: bool = False, api_key: str | None = None):
+    """`spark-vllm serve` on N simulated Sparks, ready; torn down on exit whatever happens.
+
+    Ray token authentication is on (spark-vllm's default) with the token in `workdir`:
+    the simulated Sparks share one filesystem, so the head's file is already "copied".
+    `api_key` reaches vLLM as VLLM_API_KEY (not on the command line, where `ps` shows it)."""
+    env = {**os.environ, TOKEN_VAR: str(workdir / "ray-token")}
     with simulated_sparks(nodes, prefix, loopback, on_line) as net:
         head_node, *worker_nodes = net.nodes
         on_line("demo", f"{nodes} simulated Sparks: {', '.join(n.ip for n in net.nodes)} on {head_node.iface}")
 
         def start(label, node, *args):
+            extra = {"VLLM_API_KEY": api_key} if api_key and label == "head" else {}
             proc = node.popen(python, "-m", "launch", "serve", *args, "--simulate", "--nodes", str(nodes),
-                              *node.cli_flags(),
+                              *node.cli_flags(), env={**env, **extra},
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1)
             return NodeRun(label, proc, workdir / f"{label}.log", on_line)
 
@@ -166,7 +181,7 @@ def serving_cluster(workdir: Path, model: str, on_line: Callable[[str, str], Non
                     # Ray's fixed 30 s startup wait (a simulation limit, not a Spark one).
                     wait_ready(workers[-1], [head, *workers[:-1]], timeout, event="joined")
             ready = wait_ready(head, workers, timeout)
-            yield SimCluster(net, head, tuple(workers), f"http://{head_node.ip}:{PORT}", ready)
+            yield SimCluster(net, head, tuple(workers), f"http://{head_node.ip}:{PORT}", ready, env[TOKEN_VAR])
         finally:
             runs = (head, *workers)
             t = time.monotonic()
@@ -197,12 +212,14 @@ def run_demo(workdir: Path, on_line: Callable[[str, str], None], models_dir: Pat
     on_line("demo", f"model {name} ready at {path} ({timings['model']:.1f} s)")
     t1 = time.monotonic()
     flags = (*EXACT_FLAGS, "--served-model-name", name)
+    api_key = secrets.token_urlsafe(24)  # this run's own; never shown
     with serving_cluster(workdir, path, on_line, flags=flags, timeout=timeout, python=python,
-                         loopback=loopback) as sim:
+                         loopback=loopback, api_key=api_key) as sim:
         timings["cluster_and_engine"] = time.monotonic() - t1
         t2 = time.monotonic()
         out = sim.client().run(python, "-m", "orchestrator.sim.client", sim.url, name,
-                               "--max-tokens", str(MAX_TOKENS), capture_output=True, text=True, timeout=180)
+                               "--max-tokens", str(MAX_TOKENS), capture_output=True, text=True, timeout=180,
+                               env={**os.environ, "VLLM_API_KEY": api_key})
         if out.returncode != 0:
             raise SimulationError(f"the requests failed: {(out.stderr.strip().splitlines() or ['?'])[-1]}")
         answers = json.loads(out.stdout)

@@ -27,7 +27,7 @@ from launch.cli import exit_code_for
 from orchestrator import errors
 from orchestrator.sim import netns
 
-from conftest import PREFIX, REPO, clean_env
+from conftest import PREFIX, RAY_TOKEN, REPO, clean_env
 
 HEAD_IP, WORKER_IP = "192.168.100.10", "192.168.100.11"
 START_S = 120  # Ray starting on a busy 2-core machine; usually 5 to 20 s
@@ -35,6 +35,9 @@ READY = "head ready"
 # The GCS declares a killed node dead after period x threshold: about 1.5 s, not 15 s.
 FAST_HEALTH_CHECK = {"RAY_health_check_initial_delay_ms": "0", "RAY_health_check_period_ms": "500",
                      "RAY_health_check_timeout_ms": "500", "RAY_health_check_failure_threshold": "3"}
+# Something answering on the head's GCS port, without Ray.
+LISTEN_6379 = ("import socket, time; s = socket.socket(); s.bind(('0.0.0.0', 6379)); s.listen(); "
+               "print('up', flush=True); time.sleep(120)")
 SKEWED = {"SPARK_VLLM_REPORT_OVERRIDE": json.dumps({"vllm": "0.0.1"})}
 
 
@@ -90,7 +93,12 @@ class Sparks:
         self.net, self.tmp = net, tmp
         self.head_node, self.worker_node = net.nodes
         # Our own run records: another test run's node on the same address must not be stopped.
-        self.base_env = clean_env(SPARK_VLLM_RUN_DIR=str(tmp / "run"))
+        # Token auth is on by default, the token in ~/.ray/auth_token: a HOME of this test's
+        # own holds the planted token (one filesystem: the head's file is the worker's copy).
+        home = tmp / "home"
+        (home / ".ray").mkdir(parents=True)
+        (home / ".ray" / "auth_token").write_text(RAY_TOKEN)
+        self.base_env = clean_env(SPARK_VLLM_RUN_DIR=str(tmp / "run"), HOME=str(home))
         for k in ("RAY_ADDRESS", "RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH",
                   "RAY_JOB_CONFIG_JSON_ENV_VAR"):
             self.base_env.pop(k, None)
@@ -249,6 +257,56 @@ def test_status_with_no_options_reads_the_run_record(cluster, side):
     assert out["server"]["url"] == f"http://{HEAD_IP}:8000"
 
 
+def test_dashboard_and_jobs_api_only_on_the_fabric_address(cluster):
+    """`ss -ltnp` in the head's namespace: Ray's dashboard (and the Jobs API it serves)
+    listens on the fabric address alone, never on a wildcard or loopback."""
+    s, head, _ = cluster
+    assert "Ray token authentication on (token in" in head.stderr
+    r = s.head_node.run("ss", "-Hltnp", capture_output=True, text=True, timeout=30)
+    assert r.returncode == 0, r.stderr
+    listening = [(line.split()[3].rsplit(":", 1), line) for line in r.stdout.splitlines()]
+    dashboard = {addr for (addr, port), line in listening if port == "8265"}
+    assert dashboard == {HEAD_IP}, r.stdout
+    assert any("dashboard" in line or "python" in line for (_, port), line in listening if port == "8265")
+
+
+def test_raylets_rotate_their_logs_like_ours(cluster):
+    """Ray's own rotation (RAY_ROTATION_*) is in each raylet's environment, at our defaults."""
+    s, _, _ = cluster
+    for node in (s.head_node, s.worker_node):
+        raylets = [psutil.Process(pid) for pid in netns.pids(node.netns) if psutil.Process(pid).name() == "raylet"]
+        assert len(raylets) == 1
+        env = raylets[0].environ()
+        assert (env["RAY_ROTATION_MAX_BYTES"], env["RAY_ROTATION_BACKUP_COUNT"]) == (str(100 << 20), "5")
+
+
+def test_status_reports_auth_without_the_token(cluster):
+    s, _, _ = cluster
+    r, out = s.status(s.worker_node)  # the default token file (the planted one)
+    assert r.returncode == 0, r.stderr
+    assert out["auth"] == {"ray_token": "on", "api_key": "unknown"}  # no server here
+    r = s.cli(s.worker_node, "status", "--head-ip", HEAD_IP)
+    assert "auth:    Ray token on, API key unknown" in r.stdout
+
+
+def test_doctor_on_the_running_cluster(cluster):
+    """Once the cluster runs: nodes, versions equal across nodes, the peer's Ray port and
+    MTU from the worker; on the head, Ray's exposure (dashboard on the fabric only)."""
+    s, _, _ = cluster
+    r = s.cli(s.worker_node, "doctor", "--simulate", "--json", "--head-ip", HEAD_IP, env={"HF_HUB_OFFLINE": "1"})
+    assert "Traceback" not in r.stderr, r.stderr
+    got = {c["name"]: c for c in json.loads(r.stdout)["checks"]}
+    assert got["cluster"]["status"] == "pass" and got["cluster"]["detail"] == "2 of 2 GPU nodes joined"
+    assert got["versions"] == {**got["versions"], "status": "pass", "detail": "equal on 2 node(s)"}
+    assert got["peer"]["status"] == "pass" and "its Ray port answers" in got["peer"]["detail"]
+    assert got["MTU"]["status"] == "pass", got["MTU"]
+    assert got["Ray token"]["status"] == "pass"
+    r = s.cli(s.head_node, "doctor", "--simulate", "--json", env={"HF_HUB_OFFLINE": "1"})
+    got = {c["name"]: c for c in json.loads(r.stdout)["checks"]}
+    assert got["Ray exposure"]["status"] == "pass" and f"dashboard on {HEAD_IP}" in got["Ray exposure"]["detail"]
+    assert got["Ray ports"]["status"] == "skip"  # held by our own node, not a conflict
+
+
 def test_stop_worker_then_head_leaves_nothing(cluster):
     """Last of the shared cluster: `stop` in each namespace (the worker's with no
     options at all), both exit 0, all gone."""
@@ -306,15 +364,25 @@ def test_wrong_subnet_fails_without_waiting(sparks):
     sparks.assert_nothing_left(timeout=0)
 
 
-@pytest.mark.parametrize("how", ["--token-file", "RAY_AUTH_MODE"])
-def test_worker_with_auth_but_no_token(sparks, how):
-    missing = sparks.tmp / "no-such-token"
-    args, env = (("--token-file", str(missing)), None) if how == "--token-file" else ((), {"RAY_AUTH_MODE": "token"})
-    r = sparks.cli(sparks.worker_node, "worker", "--simulate", "--head-ip", HEAD_IP, "--join-timeout", "3",
-                   *args, env=env)
+@pytest.mark.parametrize("how", ["--token-file", "default"])
+def test_worker_without_the_token_file_names_the_fix(sparks, how):
+    """Token auth is on by default: a worker without the head's token file (given, or
+    Ray's default ~/.ray/auth_token) stops at once and says how to share it."""
+    home = sparks.tmp / "bare-home"
+    missing = sparks.tmp / "no-such-token" if how == "--token-file" else home / ".ray" / "auth_token"
+    args = ("--token-file", str(missing)) if how == "--token-file" else ()
+    head = sparks.head_node.popen(sys.executable, "-c", LISTEN_6379, stdout=subprocess.PIPE, text=True)
+    try:
+        assert head.stdout.readline().strip() == "up"  # the head answers (checked first), no token here
+        r = sparks.cli(sparks.worker_node, "worker", "--simulate", "--head-ip", HEAD_IP, "--join-timeout", "3",
+                       *args, env={"HOME": str(home)})
+    finally:
+        head.kill()
+        head.wait()
     assert r.returncode == 2, r.stderr
-    want = f"token file {missing} is missing or empty" if how == "--token-file" else "no token given"
+    want = f"Ray token authentication is on and the token file {missing} is missing or empty"
     assert r.stderr.startswith("spark-vllm: error: ") and want in r.stderr and "Traceback" not in r.stderr
+    assert "scp HEAD:" in r.stderr and "--no-auth" in r.stderr  # the fix and the way out
     assert not missing.exists()
 
 
@@ -361,10 +429,14 @@ def test_killed_worker_seen_gone_by_the_head(sparks):
 
 
 def test_worker_exits_7_when_the_head_stops(sparks):
-    head = sparks.head("--nodes", "2", "--wait-timeout", str(START_S))
-    worker = sparks.worker("--join-timeout", str(START_S))
+    """(With --no-auth on both: the opt-out works, and warns on each node.)"""
+    env = {"SPARK_VLLM_NO_AUTH": "1"}
+    head = sparks.head("--nodes", "2", "--wait-timeout", str(START_S), "--no-auth")
+    worker = sparks.worker("--join-timeout", str(START_S), env=env)
     head.wait_for(READY, 2 * START_S, watch=(worker,))
     worker.wait_for("joined the cluster")
+    for p in (head, worker):
+        assert "Ray token authentication is OFF" in p.stderr and "Ray token authentication off" in p.stderr
     sparks.stop(sparks.head_node)
     assert head.wait() == 0, head.stderr
     assert worker.wait(60) == exit_code_for(errors.NodeLost("")) == 7, worker.stderr
@@ -391,6 +463,15 @@ def test_token_auth_cluster_never_prints_the_token(sparks):
     seen.append(r.stdout + r.stderr)
     assert r.returncode == 4 and "Traceback" not in r.stderr, r.stderr
     assert f"spark-vllm: error: the head {HEAD_IP}:6379 refused this node's Ray auth token" in r.stderr
+    sparks.assert_nothing_left(sparks.worker_node)
+
+    # No token at all (--no-auth): refused too, the line names the fix.
+    r = sparks.cli(sparks.worker_node, "worker", "--simulate", "--head-ip", HEAD_IP, "--no-auth",
+                   env={"RAY_gcs_server_port_wait_time_s": "3"})
+    seen.append(r.stdout + r.stderr)
+    assert r.returncode == 4 and "Traceback" not in r.stderr, r.stderr
+    assert r.stderr.splitlines()[-1].startswith(f"spark-vllm: error: the head {HEAD_IP}:6379 refused")
+    assert "token file" in r.stderr.splitlines()[-1]
     sparks.assert_nothing_left(sparks.worker_node)
 
     worker = sparks.worker("--join-timeout", str(START_S), "--token-file", str(token_file))

@@ -134,10 +134,21 @@ def test_local_report_and_its_override():
 
 
 # --- auth ---------------------------------------------------------------------------
-def test_auth_off_sets_disabled_explicitly():
+DEFAULT_TOKEN = os.path.expanduser("~/.ray/auth_token")
+
+
+def test_auth_on_by_default_in_rays_default_file():
     p = plan_auth({}, None)
+    assert (p.enabled, p.token_file) == (True, DEFAULT_TOKEN)
+    assert p.env == {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": DEFAULT_TOKEN}
+    assert "on" in p.describe() and p.to_json() == {"enabled": True, "token_file": DEFAULT_TOKEN}
+
+
+@pytest.mark.parametrize("environ, no_auth", [({}, True), ({"RAY_AUTH_MODE": "disabled"}, False),
+                                              ({"RAY_AUTH_MODE": "Disabled"}, True)])
+def test_auth_off_only_when_asked(environ, no_auth):
+    p = plan_auth(environ, None, no_auth=no_auth)
     assert (p.enabled, p.token_file, p.env) == (False, None, {"RAY_AUTH_MODE": "disabled"})
-    assert plan_auth({"RAY_AUTH_MODE": "disabled"}, None).env == {"RAY_AUTH_MODE": "disabled"}
     assert "off" in p.describe()
 
 
@@ -145,12 +156,13 @@ def test_auth_token_file_flag(tmp_path):
     p = plan_auth({}, "~/tok")
     assert p.enabled and p.env == {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": os.path.expanduser("~/tok")}
     assert p.token_file == os.path.expanduser("~/tok") and p.token_file in p.describe()
-    # The flag beats RAY_AUTH_TOKEN_PATH.
+    # The flag beats RAY_AUTH_TOKEN_PATH and RAY_AUTH_TOKEN.
     assert plan_auth({"RAY_AUTH_TOKEN_PATH": "/env/tok"}, str(tmp_path / "t")).token_file == str(tmp_path / "t")
+    assert plan_auth({"RAY_AUTH_TOKEN": "s3cret"}, str(tmp_path / "t")).token_file == str(tmp_path / "t")
 
 
 @pytest.mark.parametrize("environ, token_file", [
-    ({"RAY_AUTH_MODE": "token"}, None),
+    ({"RAY_AUTH_MODE": "token"}, DEFAULT_TOKEN),
     ({"RAY_AUTH_MODE": "TOKEN", "RAY_AUTH_TOKEN": "s3cret"}, None),
     ({"RAY_AUTH_TOKEN": "s3cret"}, None),
     ({"RAY_AUTH_TOKEN_PATH": "/env/tok"}, "/env/tok"),
@@ -158,16 +170,20 @@ def test_auth_token_file_flag(tmp_path):
 def test_auth_on_from_the_environment(environ, token_file):
     p = plan_auth(environ, None)
     assert p.enabled and p.env["RAY_AUTH_MODE"] == "token" and p.token_file == token_file
-    assert "s3cret" not in p.describe() and "s3cret" not in str(p.env)
+    assert "s3cret" not in p.describe() and "s3cret" not in str(p.env) and "s3cret" not in str(p.to_json())
 
 
-@pytest.mark.parametrize("environ, token_file", [
-    ({"RAY_AUTH_MODE": "disabled"}, "/tok"),
-    ({"RAY_AUTH_MODE": "disabled", "RAY_AUTH_TOKEN": "s3cret"}, None),
+@pytest.mark.parametrize("environ, token_file, no_auth, match", [
+    ({"RAY_AUTH_MODE": "disabled"}, "/tok", False, "RAY_AUTH_MODE=disabled conflicts"),
+    ({"RAY_AUTH_MODE": "disabled", "RAY_AUTH_TOKEN": "s3cret"}, None, False, "RAY_AUTH_MODE=disabled conflicts"),
+    ({}, "/tok", True, "--no-auth conflicts"),
+    ({"RAY_AUTH_MODE": "token"}, None, True, "--no-auth conflicts"),
+    ({"RAY_AUTH_MODE": "k8s"}, None, False, "RAY_AUTH_MODE=k8s is not supported"),
 ])
-def test_auth_mode_conflicting_with_a_token(environ, token_file):
-    with pytest.raises(errors.UsageError, match="RAY_AUTH_MODE=disabled conflicts"):
-        plan_auth(environ, token_file)
+def test_auth_conflicts(environ, token_file, no_auth, match):
+    with pytest.raises(errors.UsageError, match=match) as e:
+        plan_auth(environ, token_file, no_auth)
+    assert "s3cret" not in str(e.value)
 
 
 def test_head_creates_a_missing_token_file_0600(tmp_path):
@@ -185,6 +201,7 @@ def test_worker_needs_the_token_file(tmp_path):
     with pytest.raises(errors.UsageError, match="missing or empty") as e:
         ensure_token(p, create=False, environ={})
     assert exit_code_for(e.value) == 2
+    assert "scp" in e.value.hint and "--no-auth" in e.value.hint  # the fix, named
     (tmp_path / "token").write_text("\n")
     with pytest.raises(errors.UsageError, match="missing or empty"):
         ensure_token(p, create=False, environ={})
@@ -192,10 +209,8 @@ def test_worker_needs_the_token_file(tmp_path):
 
 
 def test_ensure_token_without_a_file():
-    assert ensure_token(plan_auth({}, None), create=True, environ={}) is False  # auth off
+    assert ensure_token(plan_auth({}, None, no_auth=True), create=True, environ={}) is False  # auth off
     assert ensure_token(plan_auth({"RAY_AUTH_TOKEN": "x"}, None), create=False, environ={"RAY_AUTH_TOKEN": "x"}) is False
-    with pytest.raises(errors.UsageError, match="no token given"):
-        ensure_token(plan_auth({"RAY_AUTH_MODE": "token"}, None), create=True, environ={"RAY_AUTH_MODE": "token"})
 
 
 # --- Ray's parameters ------------------------------------------------------------------
@@ -251,7 +266,8 @@ def spark(make_iface):
 def test_plan_node_without_head_ip_is_the_head(spark):
     plan = plan_node(NodeRequest(), spark, {})
     assert plan.role == "head" and plan.cluster.head and plan.cluster.node_ip == plan.cluster.head_ip == HEAD
-    assert not plan.auth.enabled and plan.environment()["RAY_AUTH_MODE"] == "disabled"
+    assert plan.auth.enabled and plan.environment()["RAY_AUTH_MODE"] == "token"
+    assert not plan_node(NodeRequest(no_auth=True), spark, {}).auth.enabled
 
 
 def test_plan_node_owning_head_ip_is_the_head(spark):

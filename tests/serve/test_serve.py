@@ -18,7 +18,7 @@ from orchestrator.sim.demo import SIM_VLLM_FLAGS, serving_cluster
 from orchestrator.sim.greedy import EXACT_FLAGS, NEAR_TIE, hold_against_reference, served_generations
 from orchestrator.sim.tinymodel import make_tiny_model
 
-from conftest import PREFIX, REPO, clean_env
+from conftest import API_KEY, PREFIX, REPO, clean_env
 
 
 @pytest.fixture(scope="module")
@@ -30,16 +30,17 @@ def model(tmp_path_factory):
 def served(netns_ok, model, tmp_path_factory):
     lines: list[tuple[str, str]] = []
     logs = tmp_path_factory.mktemp("logs")
-    # float32: TP 2 and one process then agree to ~1e-5 in the logits (see greedy.EXACT_FLAGS)
+    # float32: TP 2 and one process then agree to ~1e-5 in the logits (see greedy.EXACT_FLAGS);
+    # `--api-key` as a user gives it: a vLLM flag spark-vllm passes through untouched.
     with serving_cluster(logs, model, lambda who, line: lines.append((who, line)), prefix=PREFIX,
-                         flags=EXACT_FLAGS) as sim:
+                         flags=(*EXACT_FLAGS, "--api-key", API_KEY)) as sim:
         yield sim, lines
 
 
-def in_client(sim, code: str) -> dict:
+def in_client(sim, code: str, api_key: str = API_KEY) -> dict:
     """Run `code` (which prints JSON) with the OpenAI client inside the worker Spark."""
     prelude = f"import json, openai, urllib.request\nBASE = {sim.url!r}\n" \
-              "client = openai.OpenAI(base_url=BASE + '/v1', api_key='none')\n"
+              f"client = openai.OpenAI(base_url=BASE + '/v1', api_key={api_key!r})\n"
     out = sim.client().run(sys.executable, "-c", prelude + textwrap.dedent(code),
                            capture_output=True, text=True, timeout=120, env=clean_env())
     assert out.returncode == 0, out.stderr[-2000:]
@@ -62,6 +63,20 @@ def test_health_and_models(served, model):
         print(json.dumps({'health': health, 'models': [m.id for m in client.models.list()]}))
     """)
     assert got == {"health": 200, "models": [model]}
+
+
+def test_api_key_guards_v1(served, model):
+    """The planted --api-key reached vLLM: /v1 without it is 401, /health stays open."""
+    sim, _ = served
+    got = in_client(sim, """
+        try:
+            client.models.list()
+            code = 200
+        except openai.AuthenticationError as e:
+            code = e.status_code
+        print(json.dumps({'v1': code, 'health': urllib.request.urlopen(BASE + '/health', timeout=5).status}))
+    """, api_key="not-the-key")
+    assert got == {"v1": 401, "health": 200}
 
 
 def test_chat_completion(served, model):
@@ -157,14 +172,34 @@ def test_status_sees_cluster_and_server(served):
     sim, _ = served
     node = sim.client()
     out = node.run(sys.executable, "-m", "launch", "status", "--json", "--sysfs-root", node.sysfs_root,
-                   "--head-ip", sim.net.nodes[0].ip, capture_output=True, text=True, timeout=60,
-                   env=clean_env(), cwd=REPO)
+                   "--head-ip", sim.net.nodes[0].ip, "--token-file", sim.token_file, capture_output=True,
+                   text=True, timeout=60, env=clean_env(), cwd=REPO)
     assert out.returncode == 0, out.stderr
     status = json.loads(out.stdout)
     assert status["complete"] is True and status["gpus"] == 2
     assert sorted((n["ip"], n["head"]) for n in status["nodes"] if n["alive"]) == \
         [(sim.net.nodes[0].ip, True), (sim.net.nodes[1].ip, False)]
     assert status["server"]["health"] == "healthy"
+    assert status["auth"] == {"ray_token": "on", "api_key": "on"}
+
+
+def test_our_gauges_in_vllms_metrics(served):
+    """One Prometheus exposition: vLLM's own series and ours, from the head's /metrics
+    (outside /v1: no API key needed), scraped from the other Spark."""
+    sim, _ = served
+    got = in_client(sim, """
+        text = urllib.request.urlopen(BASE + '/metrics', timeout=10).read().decode()
+        print(json.dumps({'lines': [l for l in text.splitlines() if not l.startswith('#')]}))
+    """)
+    values = dict(line.rsplit(" ", 1) for line in got["lines"])
+    assert any(name.startswith("vllm:") for name in values)  # vLLM's own
+    assert float(values["spark_vllm_nodes_alive"]) == 2 and float(values["spark_vllm_nodes_wanted"]) == 2
+    assert float(values["spark_vllm_gpus"]) == 2
+    assert float(values['spark_vllm_fabric_link_up{iface="enp1s0f1np1"}']) == 1
+    assert float(values['spark_vllm_fabric_link_speed_bits_per_second{iface="enp1s0f1np1"}']) == 2e11
+    assert float(values['spark_vllm_phase_duration_seconds{phase="cluster"}']) > 0
+    assert float(values['spark_vllm_phase_duration_seconds{phase="engine"}']) > 0
+    assert float(values["spark_vllm_engine_restarts_total"]) == 0
 
 
 def test_stop_drains_and_leaves_nothing(served):

@@ -23,6 +23,7 @@ def test_demo_loopback_serves_both_requests_and_leaves_nothing(tmp_path):
     result = json.loads(out.stdout)
     assert result["url"] == "http://127.0.0.2:8000/v1"
     assert result["model"] == "tiny-llama" and result["path"] == str(tmp_path / "tiny-llama")  # a name, not a path
+    assert result["auth"] == {"ray_token": "on", "api_key": "on"}  # the requests went through both
     assert result["answers"]["chat"]["prompt"] == "What is 12*17?" and result["answers"]["chat"]["tokens"] == 32
     assert result["answers"]["completion"]["prompt"] == "Write a haiku about a GPU"
     assert result["answers"]["completion"]["tokens"] == 32

@@ -1,0 +1,1 @@
+"""Operations: preflight checks (doctor), logs and metrics."""
