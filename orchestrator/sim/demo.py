@@ -96,6 +96,15 @@ def wait_ready(head: NodeRun, others: list[NodeRun], timeout: float, event: str 
     return time.monotonic() - start
 
 
+def start_serve(node: netns.SimNode, label: str, workdir: Path, on_line: Callable[[str, str], None],
+                *args: str, python: str = sys.executable) -> NodeRun:
+    """`spark-vllm serve ARGS --simulate` in a simulated Spark (also: a worker started
+    again, as a restart policy would), its log in `workdir/LABEL.log`."""
+    proc = node.popen(python, "-m", "launch", "serve", *args, "--simulate", *node.cli_flags(),
+                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1)
+    return NodeRun(label, proc, workdir / f"{label}.log", on_line)
+
+
 def stop_run(run: NodeRun, timeout: float = 60.0) -> int | None:
     """SIGTERM (what `spark-vllm stop` sends), bounded; the namespace teardown kills the rest."""
     if run.proc.poll() is None:
@@ -140,10 +149,7 @@ def serving_cluster(workdir: Path, model: str, on_line: Callable[[str, str], Non
         on_line("demo", f"{nodes} simulated Sparks: {', '.join(n.ip for n in net.nodes)} on {head_node.iface}")
 
         def start(label, node, *args):
-            proc = node.popen(python, "-m", "launch", "serve", *args, "--simulate", "--nodes", str(nodes),
-                              *node.cli_flags(),
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1)
-            return NodeRun(label, proc, workdir / f"{label}.log", on_line)
+            return start_serve(node, label, workdir, on_line, *args, "--nodes", str(nodes), python=python)
 
         head = start("head", head_node, model, "--port", str(PORT), "--wait-timeout", "180",
                      *SIM_VLLM_FLAGS, *flags)
