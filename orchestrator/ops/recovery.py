@@ -30,7 +30,7 @@ from typing import Callable
 from ..cluster.membership import log_changes
 from ..cluster.nodes import ClusterState
 from ..errors import EngineFailed, NodeLost
-from .supervisor import GRACE_S, OK, Loss, Supervisor, peers, probe
+from .supervisor import OK, Loss, Supervisor, peers, probe
 
 log = logging.getLogger("spark_vllm")
 
@@ -128,14 +128,16 @@ def serve_supervised(run_engine: Callable[[Attempt], None], state: Callable[[], 
                      policy: RecoveryPolicy, host: str | None, port: int,
                      dead: Callable[[], list[str]] = list,
                      on_recovering: Callable[[Loss], None] = lambda loss: None,
-                     grace: float = GRACE_S) -> None:
+                     supervisor: Callable[..., Supervisor] = Supervisor,
+                     reachable: Callable[[str, int], str] = probe) -> None:
     """Run the engine (`run_engine(attempt)` blocks while vLLM serves), restarting it
     after each lost node as `policy` says. Returns when vLLM stopped on its own
-    (SIGTERM, Ctrl-C) with every node in place."""
+    (SIGTERM, Ctrl-C) with every node in place. `supervisor` and `reachable` are the
+    watcher and the probe (the real ones unless a test swaps them)."""
     attempt = Attempt(0)
     while True:
         failure = None
-        with Supervisor(state, dead, grace=grace) as sup:
+        with supervisor(state, dead) as sup:
             try:
                 run_engine(attempt)
             except EngineFailed as exc:
@@ -157,7 +159,7 @@ def serve_supervised(run_engine: Callable[[Attempt], None], state: Callable[[], 
                  stopped_after, port, policy.rejoin_timeout, loss.ip)
         on_recovering(loss)
         with Unavailable(host, port, loss.describe()):
-            waited = wait_for_rejoin(state, loss, policy.rejoin_timeout, dead)
+            waited = wait_for_rejoin(state, loss, policy.rejoin_timeout, dead, reachable)
         attempt = Attempt(attempt.number + 1, loss, sup.detected_at)
         log.info("restart %d: the cluster is whole again after %.1f s; starting vLLM with the same arguments",
                  attempt.number, waited)

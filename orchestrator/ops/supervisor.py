@@ -190,7 +190,7 @@ class Supervisor:
         deadline = time.monotonic() + self._grace + 2 * (self._poll + PROBE_TIMEOUT_S)
         while self.loss is None and time.monotonic() < deadline:
             try:
-                if self._look(last_ok):
+                if self._look(last_ok) or self.loss is not None:
                     break
             except Exception as exc:  # Ray's table unreadable: no verdict
                 log.debug("supervisor: %s", exc)
