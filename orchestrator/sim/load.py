@@ -16,11 +16,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import subprocess
 import sys
 import threading
 import time
 import urllib.error
 import urllib.request
+from typing import Callable
 
 PROMPT = "Write a long story about two machines joined by one cable"
 _print_lock = threading.Lock()
@@ -101,6 +103,45 @@ def main(argv: list[str]) -> int:
     for t in threads:
         t.join()
     return 0
+
+
+class Background:
+    """This module run inside a simulated Spark (`node.popen`), its JSON lines collected
+    in `events` as they come; `close()` ends it."""
+
+    def __init__(self, node, *args: str, env: dict[str, str] | None = None, cwd: str | None = None) -> None:
+        self.proc = node.popen(sys.executable, "-m", "orchestrator.sim.load", *args, stdout=subprocess.PIPE,
+                               stderr=subprocess.DEVNULL, text=True, env=env, cwd=cwd)
+        self.events: list[dict] = []
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        for line in self.proc.stdout:
+            try:
+                self.events.append(json.loads(line))
+            except ValueError:
+                pass
+
+    def wait(self, pred: Callable[[dict], bool], timeout: float, what: str) -> dict:
+        """The first event matching `pred`; TimeoutError naming `what` after `timeout`."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            found = [e for e in list(self.events) if pred(e)]
+            if found:
+                return found[0]
+            time.sleep(0.1)
+        raise TimeoutError(f"no {what} within {timeout:g} s; last events: {self.events[-10:]}")
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait(10)
+
+    def __enter__(self) -> "Background":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
 
 if __name__ == "__main__":

@@ -11,15 +11,12 @@ requests in flight, recovery) are printed at the end of the run, not asserted.
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
-import threading
 import time
 
 import pytest
 
 from orchestrator.sim.demo import serving_cluster, start_serve, stop_run
+from orchestrator.sim.load import Background
 from orchestrator.sim.tinymodel import make_tiny_model
 
 from conftest import PREFIX, REPO, TIMINGS, clean_env, kill_namespace, ns_http
@@ -29,35 +26,8 @@ HANG_BOUND_S = 45  # vLLM alone: a request in flight at a link cut failed after 
 RECOVERY_S = 300
 
 
-class Background:
-    """`python -m orchestrator.sim.load ...` inside a Spark, its JSON lines collected."""
-
-    def __init__(self, node, *args: str) -> None:
-        self.proc = node.popen(sys.executable, "-m", "orchestrator.sim.load", *args, stdout=subprocess.PIPE,
-                               stderr=subprocess.DEVNULL, text=True, env=clean_env(), cwd=REPO)
-        self.events: list[dict] = []
-        threading.Thread(target=self._read, daemon=True).start()
-
-    def _read(self) -> None:
-        for line in self.proc.stdout:
-            try:
-                self.events.append(json.loads(line))
-            except ValueError:
-                pass
-
-    def wait(self, pred, timeout: float, what: str) -> dict:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            found = [e for e in self.events if pred(e)]
-            if found:
-                return found[0]
-            time.sleep(0.1)
-        pytest.fail(f"no {what} within {timeout} s; events: {self.events[-10:]}")
-
-    def close(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-        self.proc.wait(10)
+def background(node, *args: str) -> Background:
+    return Background(node, *args, env=clean_env(), cwd=str(REPO))
 
 
 @pytest.fixture(scope="module")
@@ -72,7 +42,7 @@ def served(netns_ok, model, tmp_path_factory):
     with serving_cluster(logs, model, lambda who, line: lines.append((who, line)), prefix=PREFIX,
                          flags=("--rejoin-timeout", str(REJOIN_S))) as sim:
         state = {"sim": sim, "lines": lines, "logs": logs, "model": model, "workers": []}
-        health = Background(sim.net.nodes[0], sim.url, "--watch-health")
+        health = background(sim.net.nodes[0], sim.url, "--watch-health")
         state["health"] = health
         try:
             yield state
@@ -93,7 +63,7 @@ def lose_worker_then_recover(state, name: str, lose, restore=lambda: None) -> No
     sim, model = state["sim"], state["model"]
     head_node, worker_node = sim.net.nodes
     restarts_before = sum("ready again" in line for line in head_lines(state))
-    load = Background(head_node, sim.url, model, "--requests", "2", "--max-tokens", "480")
+    load = background(head_node, sim.url, model, "--requests", "2", "--max-tokens", "480")
     try:
         load.wait(lambda e: e["event"] == "first", 120, "first token")
         t_loss = time.time()
@@ -132,7 +102,7 @@ def lose_worker_then_recover(state, name: str, lose, restore=lambda: None) -> No
         assert time.monotonic() < deadline, sim.head.tail(30)
         time.sleep(0.5)
     recover_s = time.monotonic() - t_back
-    done = Background(head_node, sim.url, model, "--requests", "1", "--max-tokens", "16")
+    done = background(head_node, sim.url, model, "--requests", "1", "--max-tokens", "16")
     try:
         end = done.wait(lambda e: e["event"] == "end", 120, "a request after the recovery")
     finally:
@@ -165,7 +135,7 @@ def test_sigterm_under_load_lets_accepted_requests_finish(served):
     already accepted complete, within vLLM's --shutdown-timeout (30 s by default)."""
     sim, model = served["sim"], served["model"]
     head_node = sim.net.nodes[0]
-    load = Background(head_node, sim.url, model, "--requests", "4", "--max-tokens", "48")
+    load = background(head_node, sim.url, model, "--requests", "4", "--max-tokens", "48")
     try:
         load.wait(lambda e: e["event"] == "first", 120, "first token")
         t0 = time.monotonic()
