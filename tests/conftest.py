@@ -111,22 +111,6 @@ def pytest_terminal_summary(terminalreporter):
             terminalreporter.write_line(line)
 
 
-def kill_namespace(ns: str, timeout: float = 10.0) -> None:
-    """SIGKILL everything in a namespace, again until nothing is left (a dying raylet
-    may still be forking): a whole machine gone at once."""
-    import signal
-    import time
-
-    deadline = time.monotonic() + timeout
-    while (pids := netns.pids(ns)) and time.monotonic() < deadline:
-        for pid in pids:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        time.sleep(0.1)
-
-
 def ns_http(node: netns.SimNode, url: str, body: dict | None = None, timeout: float = 10.0) -> dict:
     """One HTTP request sent from inside a simulated Spark: {"status", "headers",
     "body"}; status 0 when nothing answered."""

@@ -25,7 +25,7 @@ from launch.cli import exit_code_for
 from orchestrator import errors
 from orchestrator.sim import netns
 
-from conftest import PREFIX, REPO, clean_env, kill_namespace
+from conftest import PREFIX, REPO, clean_env
 
 HEAD_IP, WORKER_IP = "192.168.100.10", "192.168.100.11"
 START_S = 120  # Ray starting on a busy 2-core machine; usually 5 to 20 s
@@ -154,7 +154,7 @@ class Sparks:
         """SIGKILL everything in our namespaces, again until nothing is left (a dying
         raylet may still be forking), and reap our own children."""
         for ns in self.net.namespaces:
-            kill_namespace(ns, timeout)
+            netns.kill_processes(ns, timeout)
         for p in self.procs:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 p.proc.wait(10)
@@ -339,7 +339,7 @@ def test_killed_worker_seen_gone_by_the_head(sparks):
     head = sparks.head("--nodes", "2", "--wait-timeout", str(START_S), env=FAST_HEALTH_CHECK)
     worker = sparks.worker("--join-timeout", str(START_S))
     head.wait_for(READY, 2 * START_S, watch=(worker,))
-    kill_namespace(sparks.worker_node.netns)  # the whole machine gone at once
+    netns.kill_processes(sparks.worker_node.netns)  # the whole machine gone at once
     head.wait_for(f"node {WORKER_IP} left the cluster", timeout=60)
     r, out = sparks.status(sparks.head_node)
     assert r.returncode == 5 and out["complete"] is False and out["gpu_nodes"] == 1, r.stderr

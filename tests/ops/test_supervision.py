@@ -15,11 +15,12 @@ import time
 
 import pytest
 
+from orchestrator.sim import netns
 from orchestrator.sim.demo import serving_cluster, start_serve, stop_run
 from orchestrator.sim.load import Background
 from orchestrator.sim.tinymodel import make_tiny_model
 
-from conftest import PREFIX, REPO, TIMINGS, clean_env, kill_namespace, ns_http
+from conftest import PREFIX, REPO, TIMINGS, clean_env, ns_http
 
 REJOIN_S = 240  # the head's --rejoin-timeout here: ample for a worker restart on 2 busy cores
 HANG_BOUND_S = 45  # vLLM alone: a request in flight at a link cut failed after 63.7 s
@@ -127,7 +128,7 @@ def test_link_cut_detected_requests_fail_and_the_engine_restarts(served):
 
 def test_killed_worker_detected_requests_fail_and_the_engine_restarts(served):
     sim = served["sim"]
-    lose_worker_then_recover(served, "worker killed", lambda: kill_namespace(sim.net.nodes[1].netns))
+    lose_worker_then_recover(served, "worker killed", lambda: netns.kill_processes(sim.net.nodes[1].netns))
 
 
 def test_sigterm_under_load_lets_accepted_requests_finish(served):
