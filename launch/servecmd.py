@@ -17,7 +17,7 @@ import time
 
 from orchestrator.cluster import ray_node
 from orchestrator.ops import recovery
-from orchestrator.serve import engine, health
+from orchestrator.serve import engine, health, vllm_plugin
 from orchestrator.cluster.bootstrap import SIMULATE_VAR, NodePlan, apply_environment
 from orchestrator.serve.compat import load_vllm_api
 from orchestrator.settings import Settings
@@ -109,6 +109,7 @@ def run_serve(args: argparse.Namespace, settings: Settings) -> int:
             finally:
                 stop.set()
 
+        os.environ[vllm_plugin.SERVING_VAR] = "1"  # vLLM's engine process keeps its SIGTERM drain
         recovery.serve_supervised(
             run_engine, lambda: ray_node.cluster_state(plan.cluster.nodes),
             recovery.RecoveryPolicy(args.exit_on_node_loss, args.rejoin_timeout), vargs.host, vargs.port,

@@ -25,6 +25,7 @@ class Settings:
     sysfs_root: str = "/sys"  # SPARK_VLLM_SYSFS_ROOT
     simulate: bool = False  # SPARK_VLLM_SIMULATE=1
     token_file: str | None = None  # SPARK_VLLM_TOKEN_FILE
+    serving: bool = False  # SPARK_VLLM_SERVING=1: set by `serve` for vLLM's processes (serve.vllm_plugin)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> "Settings":
@@ -35,4 +36,5 @@ class Settings:
             sysfs_root=environ.get("SPARK_VLLM_SYSFS_ROOT") or "/sys",
             simulate=env_flag(environ.get("SPARK_VLLM_SIMULATE")),
             token_file=environ.get("SPARK_VLLM_TOKEN_FILE") or None,
+            serving=env_flag(environ.get("SPARK_VLLM_SERVING")),
         )
