@@ -50,9 +50,9 @@ class ClusterOptions:
 # How fast the head's GCS declares a node dead (Ray's defaults: every 3 s, 10 s to
 # answer, 5 misses, so 20 to 55 s). A lost node must be gone from Ray's table before
 # vLLM's engine restarts, or its placement group may pick the dead node's GPU. A killed
-# node is then dead after about 5 s, an unreachable one after 5 to 10 s. A
-# RAY_health_check_* variable set by the user wins.
-HEALTH_CHECK = {"health_check_period_ms": 1000, "health_check_timeout_ms": 1000,
+# node is then dead after about 5 s, an unreachable one after about 15 s (2 s to
+# answer leaves a busy raylet room). A RAY_health_check_* variable set by the user wins.
+HEALTH_CHECK = {"health_check_period_ms": 1000, "health_check_timeout_ms": 2000,
                 "health_check_failure_threshold": 5}
 
 

@@ -215,7 +215,7 @@ def test_head_health_checks_fast_unless_the_user_set_them():
     variable wins (the system config would override it in the GCS)."""
     assert HEALTH_CHECK["health_check_period_ms"] * HEALTH_CHECK["health_check_failure_threshold"] <= 10000
     assert health_check_config({"RAY_health_check_period_ms": "3000"}) == {
-        "health_check_timeout_ms": 1000, "health_check_failure_threshold": 5}
+        "health_check_timeout_ms": 2000, "health_check_failure_threshold": 5}
     every = {f"RAY_{k}": "1" for k in HEALTH_CHECK}
     opts = ClusterOptions(node_ip=HEAD, head_ip=HEAD)
     assert "_system_config" not in ray_params(opts, every)
