@@ -17,8 +17,8 @@ import time
 
 from orchestrator.cluster import ray_node
 from orchestrator.net.discovery import discover
-from orchestrator.ops import logs, metrics
-from orchestrator.serve import engine, health
+from orchestrator.ops import logs, metrics, recovery
+from orchestrator.serve import engine, health, vllm_plugin
 from orchestrator.cluster.bootstrap import SIMULATE_VAR, NodePlan, apply_environment
 from orchestrator.serve.compat import load_vllm_api
 from orchestrator.settings import Settings
@@ -40,6 +40,13 @@ def register(sub, settings: Settings) -> None:
     add_network_options(p, settings)
     add_cluster_options(p, settings)
     modelscmd.add_model_options(p, settings)
+    g = p.add_argument_group("supervision (head)")
+    g.add_argument("--exit-on-node-loss", action="store_true",
+                   help="when a node is lost while serving, exit (code 7) instead of waiting for it "
+                        "and restarting vLLM in this process")
+    g.add_argument("--rejoin-timeout", type=float, default=recovery.DEFAULT_REJOIN_TIMEOUT, metavar="S",
+                   help="seconds a lost node has to rejoin before the head exits with code 7 "
+                        f"(default {recovery.DEFAULT_REJOIN_TIMEOUT:g})")
     p.set_defaults(func=run_serve, accepts_extra=True)
 
 
@@ -102,17 +109,36 @@ def run_serve(args: argparse.Namespace, settings: Settings) -> int:
         public = server_url + "/v1"
         serving = serving_metrics(plan, t_cluster)
 
-        def on_ready(seconds: float) -> None:
-            serving.phase("engine", seconds)
-            mark(plan, node, "serving", server_url)
-            log.info("ready: %s serves %s (cluster %.1f s, engine %.1f s)",
-                     public, vargs.served_model_name or [model], t_cluster, seconds)
+        def run_engine(attempt: recovery.Attempt) -> None:
+            def on_ready(seconds: float) -> None:
+                mark(plan, node, "serving", server_url)
+                serving.phase("engine", seconds)
+                if attempt.number == 0:
+                    log.info("ready: %s serves %s (cluster %.1f s, engine %.1f s)",
+                             public, vargs.served_model_name or [model], t_cluster, seconds)
+                else:
+                    log.info("ready again: %s serves %s (restart %d: engine %.1f s, %.1f s after the loss "
+                             "was detected)", public, vargs.served_model_name or [model], attempt.number,
+                             seconds, time.monotonic() - attempt.lost_at)
 
-        stop = threading.Event()
-        mark(plan, node, "engine-starting", server_url)
-        health.announce_when_ready(health.local_health_url(vargs.host, vargs.port), on_ready, stop)
-        try:
-            engine.run_server(api, vargs)
-        finally:
-            stop.set()
+            if attempt.number:
+                serving.engine_restarted()
+            stop = threading.Event()
+            mark(plan, node, "engine-starting", server_url)
+            health.announce_when_ready(health.local_health_url(vargs.host, vargs.port), on_ready, stop)
+            try:
+                engine.run_server(api, vargs)
+            finally:
+                stop.set()
+
+        def on_recovering(loss: recovery.Loss) -> None:
+            mark(plan, node, "recovering", server_url)
+            serving.node_lost(loss.silent_s)
+
+        os.environ[vllm_plugin.SERVING_VAR] = "1"  # vLLM's engine process keeps its SIGTERM drain
+        recovery.serve_supervised(
+            run_engine, lambda: ray_node.cluster_state(plan.cluster.nodes),
+            recovery.RecoveryPolicy(args.exit_on_node_loss, args.rejoin_timeout), vargs.host, vargs.port,
+            dead=node.dead_processes if node else list,
+            on_recovering=on_recovering)
     return 0

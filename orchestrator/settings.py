@@ -29,6 +29,7 @@ class Settings:
     no_auth: bool = False  # SPARK_VLLM_NO_AUTH=1
     log_format: str = "text"  # SPARK_VLLM_LOG_FORMAT
     log_dir: str | None = None  # SPARK_VLLM_LOG_DIR
+    serving: bool = False  # SPARK_VLLM_SERVING=1: set by `serve` for vLLM's processes (serve.vllm_plugin)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> "Settings":
@@ -43,4 +44,5 @@ class Settings:
             no_auth=env_flag(environ.get("SPARK_VLLM_NO_AUTH")),
             log_format=environ.get("SPARK_VLLM_LOG_FORMAT") or "text",
             log_dir=environ.get("SPARK_VLLM_LOG_DIR") or None,
+            serving=env_flag(environ.get("SPARK_VLLM_SERVING")),
         )

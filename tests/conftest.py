@@ -173,3 +173,38 @@ def make_iface():
         )
 
     return make
+
+
+# --- fault scenarios: timings shown at the end of the run, and namespace helpers ---------
+TIMINGS: list[str] = []  # "scenario: what took how long", printed whatever -q/-s says
+
+
+def pytest_terminal_summary(terminalreporter):
+    if TIMINGS:
+        terminalreporter.section("fault detection and recovery times")
+        for line in TIMINGS:
+            terminalreporter.write_line(line)
+
+
+def ns_http(node: netns.SimNode, url: str, body: dict | None = None, timeout: float = 10.0) -> dict:
+    """One HTTP request sent from inside a simulated Spark: {"status", "headers",
+    "body"}; status 0 when nothing answered."""
+    import json
+
+    code = (
+        "import json, sys, urllib.request, urllib.error\n"
+        "url, body, timeout = sys.argv[1], json.loads(sys.argv[2]), float(sys.argv[3])\n"
+        "data = json.dumps(body).encode() if body is not None else None\n"
+        "req = urllib.request.Request(url, data, {'Content-Type': 'application/json'})\n"
+        "try:\n"
+        "    r = urllib.request.urlopen(req, timeout=timeout); out = (r.status, dict(r.headers), r.read())\n"
+        "except urllib.error.HTTPError as e:\n"
+        "    out = (e.code, dict(e.headers), e.read())\n"
+        "except Exception as e:\n"
+        "    out = (0, {}, repr(e).encode())\n"
+        "print(json.dumps({'status': out[0], 'headers': out[1], 'body': out[2].decode(errors='replace')}))\n"
+    )
+    r = node.run(sys.executable, "-c", code, url, json.dumps(body), str(timeout), capture_output=True, text=True,
+                 timeout=timeout + 30, env=clean_env())
+    assert r.returncode == 0, r.stderr[-2000:]
+    return json.loads(r.stdout)

@@ -16,6 +16,7 @@ class NodeInfo:
     gpus: float
     head: bool
     death_reason: str = ""
+    raylet_port: int = 0  # the node manager's TCP port: what the head probes while serving
 
     def to_json(self) -> dict:
         return {"ip": self.ip, "alive": self.alive, "gpus": self.gpus, "head": self.head,
@@ -64,6 +65,7 @@ def parse_nodes(raw: list[dict]) -> tuple[NodeInfo, ...]:
             gpus=float(resources.get("GPU", 0)),
             head=HEAD_RESOURCE in resources or bool(r.get("IsHeadNode")),
             death_reason=r.get("DeathReasonMessage", "") or "",
+            raylet_port=int(r.get("NodeManagerPort") or 0),
         ))
     return tuple(sorted(nodes, key=lambda n: (not n.head, not n.alive, n.ip)))
 

@@ -13,6 +13,7 @@ import os
 import signal
 import threading
 from dataclasses import dataclass
+from typing import Mapping
 
 from ..errors import ClusterError
 from .nodes import ClusterState, parse_nodes
@@ -46,7 +47,21 @@ class ClusterOptions:
         return f"{self.head_ip}:{self.port}"
 
 
-def ray_params(opts: ClusterOptions) -> dict:
+# How fast the head's GCS declares a node dead (Ray's defaults: every 3 s, 10 s to
+# answer, 5 misses, so 20 to 55 s). A lost node must be gone from Ray's table before
+# vLLM's engine restarts, or its placement group may pick the dead node's GPU. A killed
+# node is then dead after about 5 s, an unreachable one after about 15 s (2 s to
+# answer leaves a busy raylet room). A RAY_health_check_* variable set by the user wins.
+HEALTH_CHECK = {"health_check_period_ms": 1000, "health_check_timeout_ms": 2000,
+                "health_check_failure_threshold": 5}
+
+
+def health_check_config(environ: Mapping[str, str]) -> dict:
+    """Pure: the head's GCS health-check settings not already set as RAY_ variables."""
+    return {k: v for k, v in HEALTH_CHECK.items() if f"RAY_{k}" not in environ}
+
+
+def ray_params(opts: ClusterOptions, environ: Mapping[str, str] | None = None) -> dict:
     """Pure: the RayParams of this node."""
     params = dict(
         node_ip_address=opts.node_ip,
@@ -59,7 +74,8 @@ def ray_params(opts: ClusterOptions) -> dict:
         params["object_store_memory"] = 256 * 1024 * 1024
     if opts.head:
         params.update(gcs_server_port=opts.port,
-                      dashboard_host=opts.dashboard_host or opts.node_ip)
+                      dashboard_host=opts.dashboard_host or opts.node_ip,
+                      _system_config=health_check_config(environ or {}) or None)
     else:
         params.update(gcs_address=opts.gcs_address)
     return {k: v for k, v in params.items() if v is not None}
@@ -122,7 +138,7 @@ class RayNode:
         ensure_token_if_auth_enabled(None, create_token_if_missing=False)
         self.opts = opts
         try:
-            self._node = QuietNode(RayParams(**ray_params(opts)), head=opts.head,
+            self._node = QuietNode(RayParams(**ray_params(opts, os.environ)), head=opts.head,
                               shutdown_at_exit=False, spawn_reaper=True)
         except Exception as exc:  # Ray raises bare Exceptions/ConnectionErrors here
             if _auth_refused(exc):

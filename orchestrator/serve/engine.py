@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
 import io
 import os
+import signal
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -143,11 +145,17 @@ def fill_unset(args: argparse.Namespace, par: Parallelism) -> argparse.Namespace
 
 
 def run_server(api: VllmApi, args: argparse.Namespace) -> None:
-    """vLLM's OpenAI server, in this thread, until SIGTERM/SIGINT or an engine failure."""
+    """vLLM's OpenAI server, in this thread, until SIGTERM/SIGINT or an engine failure.
+
+    vLLM replaces the SIGTERM handler (and its event loop resets it to the default
+    on the way out): the caller's is put back, so a SIGTERM after the server stopped
+    (during a recovery) still stops this process cleanly. `args` is not changed
+    (vLLM writes into it), so the same arguments can start the engine again."""
     import uvloop
 
+    previous = signal.getsignal(signal.SIGTERM)
     try:
-        uvloop.run(api.run_server(args))
+        uvloop.run(api.run_server(copy.deepcopy(args)))
     except KeyboardInterrupt:
         raise
     except SystemExit:
@@ -155,3 +163,6 @@ def run_server(api: VllmApi, args: argparse.Namespace) -> None:
     except Exception as exc:  # vLLM raises bare RuntimeErrors when the engine dies
         raise EngineFailed(f"vLLM stopped: {type(exc).__name__}: {exc}",
                            "see the log above; `spark-vllm status` shows the cluster") from exc
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)

@@ -114,6 +114,15 @@ def wait_ready(head: NodeRun, others: list[NodeRun], timeout: float, event: str 
     return time.monotonic() - start
 
 
+def start_serve(node: netns.SimNode, label: str, workdir: Path, on_line: Callable[[str, str], None],
+                *args: str, python: str = sys.executable, env: dict[str, str] | None = None) -> NodeRun:
+    """`spark-vllm serve ARGS --simulate` in a simulated Spark (also: a worker started
+    again, as a restart policy would, with `SimCluster.env()`), its log in `workdir/LABEL.log`."""
+    proc = node.popen(python, "-m", "launch", "serve", *args, "--simulate", *node.cli_flags(), env=env,
+                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1)
+    return NodeRun(label, proc, workdir / f"{label}.log", on_line)
+
+
 def stop_run(run: NodeRun, timeout: float = 60.0) -> int | None:
     """SIGTERM (what `spark-vllm stop` sends), bounded; the namespace teardown kills the rest."""
     if run.proc.poll() is None:
@@ -133,6 +142,10 @@ class SimCluster:
     url: str  # http://HEAD:PORT, reachable from inside the simulated Sparks
     ready_s: float
     token_file: str  # the Ray auth token the simulated Sparks share
+
+    def env(self) -> dict[str, str]:
+        """The environment a node of this cluster starts with: the Ray token it shares."""
+        return {**os.environ, TOKEN_VAR: self.token_file}
 
     def client(self, index: int = -1) -> netns.SimNode:
         """A simulated Spark to send requests from (the last worker by default)."""
@@ -165,10 +178,8 @@ def serving_cluster(workdir: Path, model: str, on_line: Callable[[str, str], Non
 
         def start(label, node, *args):
             extra = {"VLLM_API_KEY": api_key} if api_key and label == "head" else {}
-            proc = node.popen(python, "-m", "launch", "serve", *args, "--simulate", "--nodes", str(nodes),
-                              *node.cli_flags(), env={**env, **extra},
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1)
-            return NodeRun(label, proc, workdir / f"{label}.log", on_line)
+            return start_serve(node, label, workdir, on_line, *args, "--nodes", str(nodes), python=python,
+                               env={**env, **extra})
 
         head = start("head", head_node, model, "--port", str(PORT), "--wait-timeout", "180",
                      *SIM_VLLM_FLAGS, *flags)

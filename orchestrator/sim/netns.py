@@ -363,6 +363,19 @@ def remove_namespace(ns: str, grace_s: float = 2.0) -> None:
         _ip("netns", "del", ns)
 
 
+def kill_processes(ns: str, timeout: float = 10.0) -> None:
+    """SIGKILL everything in `ns`, again until nothing is left (a dying raylet may still
+    be forking): a whole machine gone at once. The namespace stays."""
+    deadline = time.monotonic() + timeout
+    while (left := pids(ns)) and time.monotonic() < deadline:
+        for pid in left:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        time.sleep(0.1)
+
+
 def _links(ns: str) -> list[tuple[str, set[str], str]]:
     """(name, flags, operstate) of each link in `ns`, from `ip -o link`."""
     rows = []

@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
-import signal
 import stat
 import subprocess
 import sys
@@ -163,13 +161,8 @@ class Sparks:
     def kill_all(self, timeout: float = 10) -> None:
         """SIGKILL everything in our namespaces, again until nothing is left (a dying
         raylet may still be forking), and reap our own children."""
-        deadline = time.monotonic() + timeout
-        while (pids := [pid for ns in self.net.namespaces for pid in netns.pids(ns)]) and \
-                time.monotonic() < deadline:
-            for pid in pids:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGKILL)
-            time.sleep(0.1)
+        for ns in self.net.namespaces:
+            netns.kill_processes(ns, timeout)
         for p in self.procs:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 p.proc.wait(10)
@@ -414,9 +407,7 @@ def test_killed_worker_seen_gone_by_the_head(sparks):
     head = sparks.head("--nodes", "2", "--wait-timeout", str(START_S), env=FAST_HEALTH_CHECK)
     worker = sparks.worker("--join-timeout", str(START_S))
     head.wait_for(READY, 2 * START_S, watch=(worker,))
-    for pid in netns.pids(sparks.worker_node.netns):  # the whole machine gone at once
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
+    netns.kill_processes(sparks.worker_node.netns)  # the whole machine gone at once
     head.wait_for(f"node {WORKER_IP} left the cluster", timeout=60)
     r, out = sparks.status(sparks.head_node)
     assert r.returncode == 5 and out["complete"] is False and out["gpu_nodes"] == 1, r.stderr

@@ -20,7 +20,7 @@ from orchestrator.cluster import runstate
 from orchestrator.cluster.auth import ensure_token, plan_auth
 from orchestrator.cluster.bootstrap import SIMULATE_VAR, NodeRequest, apply_environment, plan_node
 from orchestrator.cluster.membership import check_head_subnet, port_open, wait_for_port
-from orchestrator.cluster.ray_node import ClusterOptions, attach_address, ray_params
+from orchestrator.cluster.ray_node import HEALTH_CHECK, ClusterOptions, attach_address, health_check_config, ray_params
 from orchestrator.net.discovery import Discovery
 from orchestrator.cluster.nodes import HEAD_RESOURCE, ClusterState, newly_joined, newly_lost, parse_nodes
 from orchestrator.cluster.versions import OVERRIDE_VAR, compare, local_report, skew_table
@@ -217,11 +217,24 @@ def test_ensure_token_without_a_file():
 def test_ray_params_head():
     opts = ClusterOptions(node_ip=HEAD, head_ip=HEAD)
     assert opts.head and opts.gcs_address == f"{HEAD}:6379"
-    assert ray_params(opts) == {"node_ip_address": HEAD, "gcs_server_port": 6379, "dashboard_host": HEAD}
+    assert ray_params(opts) == {"node_ip_address": HEAD, "gcs_server_port": 6379, "dashboard_host": HEAD,
+                                "_system_config": HEALTH_CHECK}
     opts = ClusterOptions(node_ip=HEAD, head_ip=HEAD, port=7000, dashboard_host="0.0.0.0", num_cpus=4,
                           num_gpus=2, temp_dir="/t")
     assert ray_params(opts) == {"node_ip_address": HEAD, "gcs_server_port": 7000, "dashboard_host": "0.0.0.0",
-                                "num_cpus": 4, "num_gpus": 2, "temp_dir": "/t"}
+                                "num_cpus": 4, "num_gpus": 2, "temp_dir": "/t", "_system_config": HEALTH_CHECK}
+
+
+def test_head_health_checks_fast_unless_the_user_set_them():
+    """Ray's 20-55 s node-death detection cut to about 5-10 s; a RAY_health_check_*
+    variable wins (the system config would override it in the GCS)."""
+    assert HEALTH_CHECK["health_check_period_ms"] * HEALTH_CHECK["health_check_failure_threshold"] <= 10000
+    assert health_check_config({"RAY_health_check_period_ms": "3000"}) == {
+        "health_check_timeout_ms": 2000, "health_check_failure_threshold": 5}
+    every = {f"RAY_{k}": "1" for k in HEALTH_CHECK}
+    opts = ClusterOptions(node_ip=HEAD, head_ip=HEAD)
+    assert "_system_config" not in ray_params(opts, every)
+    assert "_system_config" not in ray_params(ClusterOptions(node_ip=WORKER, head_ip=HEAD))  # the GCS is the head's
 
 
 def test_ray_params_worker():
