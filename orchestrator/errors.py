@@ -90,6 +90,10 @@ class EngineFailed(ServeError):
     pass
 
 
+class BenchFailed(ServeError):
+    """The serving benchmark could not run against the server."""
+
+
 # --- simulation (demo, tests) ----------------------------------------------------
 class SimulationError(SparkVllmError):
     """The simulated Sparks (namespaces, tiny model) could not be built."""
