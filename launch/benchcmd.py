@@ -31,7 +31,7 @@ def register(sub, settings: Settings) -> None:
     p.add_argument("--model", default=None, help="the served model name (needed with --url)")
     p.add_argument("--tokenizer", default=None, help="tokenizer path or hub id (default: --model)")
     p.add_argument("--concurrency", default="1,4,16", help="comma-separated levels (default 1,4,16)")
-    p.add_argument("--num-prompts", type=int, default=None, help="requests per level (default 4 x concurrency, >= 8)")
+    p.add_argument("--num-prompts", type=int, default=None, help="requests per level (default 8 x concurrency, at least 16)")
     p.add_argument("--input-len", type=int, default=64, help="prompt tokens (default 64)")
     p.add_argument("--output-len", type=int, default=32, help="output tokens per request (default 32)")
     add_json(p)

@@ -27,13 +27,13 @@ class BenchRequest:
     model: str  # the served model name
     tokenizer: str | None = None  # path or hub id; default: the model
     concurrencies: tuple[int, ...] = (1, 4, 16)
-    prompts_per_level: int | None = None  # default: 4 x concurrency, at least 8
+    prompts_per_level: int | None = None  # default: 8 x concurrency, at least 16
     input_len: int = 64
     output_len: int = 32
     seed: int = 0
 
     def prompts(self, concurrency: int) -> int:
-        return self.prompts_per_level or max(8, 4 * concurrency)
+        return self.prompts_per_level or max(16, 8 * concurrency)
 
 
 @dataclass(frozen=True)
@@ -65,7 +65,8 @@ class LevelResult:
 
 def client_argv(req: BenchRequest, concurrency: int) -> list[str]:
     """Pure: `vllm bench serve` flags for one level (random prompts of fixed length,
-    EOS ignored so every request yields output_len tokens, greedy, no progress bar)."""
+    EOS ignored so every request yields output_len tokens, greedy, one warm-up request
+    per concurrent slot first, no progress bar)."""
     if concurrency < 1:
         raise UsageError(f"concurrency {concurrency} must be at least 1")
     return [
@@ -75,7 +76,7 @@ def client_argv(req: BenchRequest, concurrency: int) -> list[str]:
         "--random-output-len", str(req.output_len), "--ignore-eos", "--temperature", "0",
         "--num-prompts", str(req.prompts(concurrency)), "--max-concurrency", str(concurrency),
         "--percentile-metrics", "ttft,tpot,itl", "--metric-percentiles", "50,99",
-        "--seed", str(req.seed), "--disable-tqdm",
+        "--num-warmups", str(concurrency), "--seed", str(req.seed), "--disable-tqdm",
     ]
 
 

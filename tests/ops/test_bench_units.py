@@ -21,15 +21,16 @@ def test_client_flags_name_server_model_tokenizer_and_level():
     argv = client_argv(req, 4)
     assert flag(argv, "--base-url") == "http://192.168.100.10:8000"
     assert flag(argv, "--model") == "m" and flag(argv, "--tokenizer") == "/models/m"
-    assert flag(argv, "--max-concurrency") == "4" and flag(argv, "--num-prompts") == "16"
+    assert flag(argv, "--max-concurrency") == "4" and flag(argv, "--num-prompts") == "32"
     assert flag(argv, "--random-input-len") == "100" and flag(argv, "--random-output-len") == "20"
     assert flag(argv, "--metric-percentiles") == "50,99" and "--ignore-eos" in argv
+    assert flag(argv, "--num-warmups") == "4"
 
 
-def test_tokenizer_defaults_to_the_model_and_prompts_to_at_least_eight():
+def test_tokenizer_defaults_to_the_model_and_prompts_to_at_least_sixteen():
     req = BenchRequest("http://h:8000", "/models/m", prompts_per_level=None)
     assert flag(client_argv(req, 1), "--tokenizer") == "/models/m"
-    assert flag(client_argv(req, 1), "--num-prompts") == "8"
+    assert flag(client_argv(req, 1), "--num-prompts") == "16"
     assert flag(client_argv(BenchRequest("http://h:8000", "m", prompts_per_level=3), 16), "--num-prompts") == "3"
 
 
@@ -74,3 +75,15 @@ def test_run_bench_walks_the_levels_in_order_with_progress():
     results = run_bench(BenchRequest("http://h:8000", "m", concurrencies=(1, 4)), lines.append, level)
     assert seen == [1, 4] and [r.output_tok_s for r in results] == [100.0, 400.0]
     assert len(lines) == 4 and lines[0].startswith("[1/2] concurrency 1") and "400.0 output tok/s" in lines[3]
+
+
+def test_cli_url_without_model_is_a_usage_error():
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    out = subprocess.run([sys.executable, "-m", "launch", "bench", "--url", "http://127.0.0.1:9"],
+                         capture_output=True, text=True, cwd=REPO, timeout=60)
+    assert out.returncode == 2 and "--url needs --model" in out.stderr
+    assert out.stderr.count("spark-vllm: error:") == 1
