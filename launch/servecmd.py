@@ -18,7 +18,6 @@ import time
 from orchestrator.cluster import ray_node
 from orchestrator.serve import engine, health
 from orchestrator.cluster.bootstrap import SIMULATE_VAR, NodePlan, apply_environment
-from orchestrator.serve.compat import load_vllm_api
 from orchestrator.settings import Settings
 
 from .clustercmd import (add_cluster_options, form_cluster, make_plan, mark, run_worker_plan, running_node,
@@ -64,15 +63,17 @@ def run_serve(args: argparse.Namespace, settings: Settings) -> int:
         return run_worker_plan(plan)
 
     model = engine.check_model(args.model)
-    api = load_vllm_api()
-    vargs = engine.parse_serve_args(api, model, args.extra)
-    log.info("vLLM %s accepted the flags; forming the cluster", api.version)
-
-    if not ray_node.attach_address(os.environ):  # attached, the real cluster is checked at once
-        engine.check_planned_size(vargs.tensor_parallel_size, vargs.pipeline_parallel_size,
-                                  plan.cluster.nodes, ray_node.this_node_gpus(plan.cluster))
+    # vLLM imports while Ray starts and the other Sparks join; a bad flag still fails
+    # in seconds, and the Ray node started meanwhile is stopped on the way out.
+    loading = engine.load_in_background()
     t0 = time.monotonic()
     with head_cluster(plan) as (node, address):
+        api = loading.result()
+        vargs = engine.parse_serve_args(api, model, args.extra)
+        log.info("vLLM %s accepted the flags; forming the cluster", api.version)
+        if node is not None:  # attached, the real cluster is checked at once
+            engine.check_planned_size(vargs.tensor_parallel_size, vargs.pipeline_parallel_size,
+                                      plan.cluster.nodes, ray_node.this_node_gpus(plan.cluster))
         state = form_cluster(plan, node, address)
         par = engine.plan_parallelism(vargs.tensor_parallel_size, vargs.pipeline_parallel_size,
                                        vargs.distributed_executor_backend, state.gpus)

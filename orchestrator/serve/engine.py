@@ -1,7 +1,8 @@
 """Serving: vLLM's OpenAI server in this process, tensor parallel over the Ray cluster.
 
+`load_in_background` imports vLLM's server API while the head starts Ray;
 `parse_serve_args` runs vLLM's own parser and validation (a bad flag fails in a
-second, before Ray starts); `plan_parallelism` is the pure decision of TP/PP and
+second, before the wait for the nodes); `plan_parallelism` is the pure decision of TP/PP and
 the executor backend against the cluster's GPUs, and `fill_unset` writes it;
 `run_server` hands the args to vLLM under uvloop in the main thread (vLLM installs
 its signal handlers there).
@@ -14,10 +15,12 @@ import argparse
 import contextlib
 import io
 import os
+import threading
+from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 
-from .compat import VllmApi
+from .compat import VllmApi, load_vllm_api
 from ..errors import BadServeFlags, EngineFailed, ModelNotFound, NotEnoughGpus
 
 
@@ -51,6 +54,21 @@ def check_model(model: str | None, environ=os.environ) -> str:
 FILLED = ("tensor_parallel_size", "pipeline_parallel_size", "distributed_executor_backend", "shutdown_timeout")
 # SIGTERM/Ctrl-C let in-flight requests finish for this long (vLLM's default, 0, aborts them).
 DRAIN_SECONDS = 30
+
+
+def load_in_background() -> "Future[VllmApi]":
+    """Import vLLM's server API on a daemon thread. The import is most of the flag
+    check's time (5 to 9 s); the head starts Ray meanwhile, and the other Sparks join."""
+    future: Future = Future()
+
+    def load() -> None:
+        try:
+            future.set_result(load_vllm_api())
+        except BaseException as exc:  # handed to the caller, raised by result()
+            future.set_exception(exc)
+
+    threading.Thread(target=load, name="spark-vllm-import", daemon=True).start()
+    return future
 
 
 def parse_serve_args(api: VllmApi, model: str, flags: list[str]) -> argparse.Namespace:
@@ -102,7 +120,7 @@ def plan_parallelism(tp: int | None, pp: int | None, backend: str | None, gpus: 
 
 
 def check_planned_size(tp: int | None, pp: int | None, nodes: int, gpus_per_node: int) -> None:
-    """Pure, before Ray starts: an explicit TP x PP that `nodes` Sparks can never hold
+    """Pure, before the wait for the nodes: an explicit TP x PP that `nodes` Sparks can never hold
     fails now, not after the whole wait for nodes. Sparks are alike, so the cluster is
     assumed to have `nodes` x this node's GPUs (the joined cluster is checked again)."""
     if not tp or gpus_per_node < 1:
