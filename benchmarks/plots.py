@@ -19,7 +19,6 @@ PHASES = {
     "ray_started": "Ray head start",
     "ray_head_started": "ray start --head",
     "ray_worker_joined": "ray start --address",
-    "vllm_started": "(shell: next command)",
     "cluster_complete": "cluster complete",
     "healthy": "engine build (to /health)",
     "first_token": "first token",
@@ -60,7 +59,7 @@ def plot_phases(report: dict, out: Path) -> Path | None:
             start = max(start, t)
         ax.text(start + 0.5, row, f"{start:.1f} s", va="center", fontsize=8)
     ax.set_yticks([0, 1], ["shell flow", "spark-vllm"])
-    ax.set_xlabel("seconds from the first command (median of the pairs)")
+    ax.set_xlabel("seconds from the first command; each phase ends at its mark (median of the pairs)")
     ax.set_title(f"cold start to the first token (ratio {cold['ratio']['median']:.2f})", fontsize=10)
     ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.35), ncol=4, frameon=False)
     fig.tight_layout()

@@ -43,17 +43,14 @@ def first_token(url: str, model: str, timeout: float = 600.0, poll: float = 0.2)
 
 
 def node_times(address: str) -> dict[str, float]:
-    """Registration time of each node in the GCS (GcsNodeInfo.start_time_ms)."""
-    import logging
+    """Registration time of each alive node in the GCS (GcsNodeInfo.start_time_ms), read
+    with Ray's GCS client (no driver, so nothing joins the cluster)."""
+    from ray._raylet import GcsClient
+    from ray.core.generated.gcs_pb2 import GcsNodeInfo
 
-    import ray
-
-    ray.init(address=address, logging_level=logging.ERROR, log_to_driver=False, configure_logging=False)
-    try:
-        infos = ray._private.worker.global_worker.gcs_client.get_all_node_info()
-        return {info.node_manager_address: info.start_time_ms / 1000 for info in infos.values()}
-    finally:
-        ray.shutdown()
+    infos = GcsClient(address=address).get_all_node_info(timeout=30)
+    return {info.node_manager_address: info.start_time_ms / 1000 for info in infos.values()
+            if info.state == GcsNodeInfo.GcsNodeState.ALIVE}
 
 
 if __name__ == "__main__":
