@@ -46,7 +46,7 @@ def plot_phases(report: dict, out: Path) -> Path | None:
     cold = report.get("scenarios", {}).get("cold_start")
     if not cold:
         return None
-    fig, ax = plt.subplots(figsize=(8, 2.6), dpi=90)
+    fig, ax = plt.subplots(figsize=(8, 2.8), dpi=90)
     seen: dict[str, str] = {}
     for row, who in enumerate(("theirs", "ours")):
         start = 0.0
@@ -61,7 +61,7 @@ def plot_phases(report: dict, out: Path) -> Path | None:
     ax.set_yticks([0, 1], ["shell flow", "spark-vllm"])
     ax.set_xlabel("seconds from the first command; each phase ends at its mark (median of the pairs)")
     ax.set_title(f"cold start to the first token (ratio {cold['ratio']['median']:.2f})", fontsize=10)
-    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.35), ncol=4, frameon=False)
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.42), ncol=4, frameon=False)
     fig.tight_layout()
     path = out / "cold_start_phases.png"
     fig.savefig(path)
