@@ -32,10 +32,11 @@ test: install
 demo: install
 	$(VENV)/bin/spark-vllm demo
 
-# spark-vllm against the playbook's shell flow on simulated Sparks (as root, ~15 min):
+# spark-vllm against the playbook's shell flow on simulated Sparks (as root, ~15 min;
+# BENCH_FLAGS="--pairs 5" etc. pass through):
 # benchmarks/results/latest.json with the ratios, and the PNG plots beside it.
 bench: install
-	$(PY) -m benchmarks.side_by_side
+	$(PY) -m benchmarks.side_by_side $(BENCH_FLAGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info
