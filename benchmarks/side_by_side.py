@@ -375,7 +375,14 @@ def main(argv: list[str] | None = None) -> int:
                 say(f"discovery ratio {scen['discovery']['ratio']['median']}")
             if "cluster_formation" in only:
                 pairs = paired(args.cluster_pairs, bench.formation_ours, bench.formation_theirs, "cluster formation")
-                scen["cluster_formation"] = {"pairs": pairs, "ratio": ratio(pairs, lambda s: s["formation_s"])}
+                scen["cluster_formation"] = {
+                    "pairs": pairs, "ratio": ratio(pairs, lambda s: s["formation_s"]),
+                    # Secondary views: against `ray start --address` returning (what a shell
+                    # script waits for), and registration against registration (no detection).
+                    "ratio_vs_ray_start_exit": spread([p["ours"]["formation_s"] / p["theirs"]["cli_exit_s"]
+                                                       for p in pairs]),
+                    "ratio_registration_only": spread([p["ours"]["registered_s"] / p["theirs"]["formation_s"]
+                                                       for p in pairs])}
                 scen["join_detection"] = {"seconds": spread([p["ours"]["join_detection_s"] for p in pairs]),
                                           "what": "our head's 'node X joined' line minus the GCS registration time"}
             if "cold_start" in only:
