@@ -18,8 +18,8 @@ $(STAMP): pyproject.toml Makefile
 	@command -v ip >/dev/null 2>&1 || { echo "installing iproute2 (ip, netns)"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq iproute2 >/dev/null; }
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	@echo "installing spark-vllm with extras sim,test,fallback into $(VENV) (first time: a few minutes)"
-	@$(PY) -m pip install -q --disable-pip-version-check $(PIP_INDEX) -e '.[sim,test,fallback]' 2>&1 \
+	@echo "installing spark-vllm with extras sim,test,fallback,bench into $(VENV) (first time: a few minutes)"
+	@$(PY) -m pip install -q --disable-pip-version-check $(PIP_INDEX) -e '.[sim,test,fallback,bench]' 2>&1 \
 	  | grep -v 'is ignored: it is neither a file nor a directory' || true
 	@$(PY) -c 'import vllm, ray, pyroute2, uvloop' || { echo "install failed: see pip output above"; exit 1; }
 	@# PyPI's torchvision/torchaudio/torchcodec break imports next to the +cpu torch.
@@ -32,8 +32,11 @@ test: install
 demo: install
 	$(VENV)/bin/spark-vllm demo
 
+# spark-vllm against the playbook's shell flow on simulated Sparks (as root, ~15 min;
+# BENCH_FLAGS="--pairs 5" etc. pass through):
+# benchmarks/results/latest.json with the ratios, and the PNG plots beside it.
 bench: install
-	$(PY) -m benchmarks.discovery
+	$(PY) -m benchmarks.side_by_side $(BENCH_FLAGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -57,32 +57,38 @@ def summary(seconds: list[float]) -> dict:
     }
 
 
-def inside(sysfs_root: str, runs: int, cli_runs: int) -> dict:
-    """Runs in the simulated Spark's namespace; returns the measurements."""
+def inside(sysfs_root: str, runs: int, cli_runs: int, rounds: int = 0) -> dict:
+    """Runs in the simulated Spark's namespace; returns the measurements. With `rounds`,
+    also that many pairs of (in-process, shell) medians, the order alternating."""
     from orchestrator.net.discovery import discover
     from orchestrator.net.plan import plan_network
 
     environ: dict[str, str] = {}
-
-    def in_process() -> str:
-        return plan_network(discover(sysfs_root), environ).node_ip
-
-    t = time.perf_counter()
-    ours = in_process()  # first call: imports pyroute2's netlink machinery
-    first = time.perf_counter() - t
-    times = []
-    for _ in range(runs):
-        t = time.perf_counter()
-        in_process()
-        times.append(time.perf_counter() - t)
-
     env = {**os.environ, "SYSFS": sysfs_root, "IF": IFACE}
-    shell_times, theirs = [], None
-    for _ in range(runs):
-        t = time.perf_counter()
+    answers: dict[str, str] = {}
+
+    def in_process() -> None:
+        answers["in_process"] = plan_network(discover(sysfs_root), environ).node_ip
+
+    def shell() -> None:
         r = subprocess.run(["bash", "-c", SHELL], env=env, capture_output=True, text=True, check=True)
-        shell_times.append(time.perf_counter() - t)
-        theirs = r.stdout.strip()
+        answers["shell_pipeline"] = r.stdout.strip()
+
+    def timed(fn, n: int) -> list[float]:
+        times = []
+        for _ in range(n):
+            t = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t)
+        return times
+
+    first = timed(in_process, 1)[0]  # first call: imports pyroute2's netlink machinery
+    times, shell_times = timed(in_process, runs), timed(shell, runs)
+    pairs = []
+    for i in range(rounds):
+        order = [("ours", in_process), ("theirs", shell)]
+        pair = {who: summary(timed(fn, runs)) for who, fn in (order if i % 2 == 0 else order[::-1])}
+        pairs.append({"ours": pair["ours"], "theirs": pair["theirs"]})
 
     cli_times = []
     cli = [sys.executable, "-m", "launch", "env", "--json", "--sysfs-root", sysfs_root]
@@ -90,13 +96,14 @@ def inside(sysfs_root: str, runs: int, cli_runs: int) -> dict:
         t = time.perf_counter()
         r = subprocess.run(cli, capture_output=True, text=True, check=True, cwd=REPO)
         cli_times.append(time.perf_counter() - t)
-    cli_ip = json.loads(r.stdout)["node_ip"]
+    answers["cli_process"] = json.loads(r.stdout)["node_ip"]
 
     return {
         "in_process": {**summary(times), "first_call_ms": round(first * 1000, 3)},
         "shell_pipeline": summary(shell_times),
         "cli_process": summary(cli_times),
-        "answers": {"in_process": ours, "shell_pipeline": theirs, "cli_process": cli_ip},
+        "rounds": pairs,
+        "answers": answers,
     }
 
 
@@ -104,10 +111,11 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.discovery", description=__doc__.split("\n")[0])
     p.add_argument("--runs", type=int, default=200, help="runs of the in-process and shell variants")
     p.add_argument("--cli-runs", type=int, default=20, help="runs of the whole CLI process")
+    p.add_argument("--rounds", type=int, default=0, help="pairs of (in-process, shell) medians, alternating")
     p.add_argument("--inside", metavar="SYSFS_ROOT", help=argparse.SUPPRESS)  # the namespace side
     args = p.parse_args(argv)
     if args.inside:
-        print(json.dumps(inside(args.inside, args.runs, args.cli_runs)))
+        print(json.dumps(inside(args.inside, args.runs, args.cli_runs, args.rounds)))
         return 0
 
     from orchestrator.sim import netns
@@ -125,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
         # change the plan being timed.
         env = {k: v for k, v in os.environ.items() if k not in _COMM_VARS and not k.startswith("SPARK_VLLM_")}
         r = node.run(sys.executable, "-m", "benchmarks.discovery", "--inside", node.sysfs_root,
-                     "--runs", str(args.runs), "--cli-runs", str(args.cli_runs),
+                     "--runs", str(args.runs), "--cli-runs", str(args.cli_runs), "--rounds", str(args.rounds),
                      capture_output=True, text=True, cwd=REPO, env=env)
     if r.returncode:
         print(f"benchmarks.discovery: the run inside the namespace failed:\n{r.stderr}", file=sys.stderr)

@@ -20,7 +20,6 @@ from orchestrator.net.discovery import discover
 from orchestrator.ops import logs, metrics, recovery
 from orchestrator.serve import engine, health, vllm_plugin
 from orchestrator.cluster.bootstrap import SIMULATE_VAR, NodePlan, apply_environment
-from orchestrator.serve.compat import load_vllm_api
 from orchestrator.settings import Settings
 
 from . import modelscmd
@@ -85,17 +84,21 @@ def run_serve(args: argparse.Namespace, settings: Settings) -> int:
         return run_worker_plan(plan)
 
     model = engine.check_model(args.model)
-    api = load_vllm_api()
-    logs.capture()  # vLLM's and Ray's Python loggers into --log-dir too (vLLM set its own up at import)
-    vargs = engine.parse_serve_args(api, model, modelscmd.serve_flags(api, model, args))
-    log.info("vLLM %s accepted the flags; forming the cluster", api.version)
-    found = modelscmd.model_source(model)
-
+    # Before Ray starts: an explicit TP x PP the --nodes Sparks can never hold (vLLM's own
+    # parser checks the same flags again below).
     if not ray_node.attach_address(os.environ):  # attached, the real cluster is checked at once
-        engine.check_planned_size(vargs.tensor_parallel_size, vargs.pipeline_parallel_size,
-                                  plan.cluster.nodes, ray_node.this_node_gpus(plan.cluster))
+        tp, pp = engine.explicit_parallel_sizes(args.extra)
+        engine.check_planned_size(tp, pp, plan.cluster.nodes, ray_node.this_node_gpus(plan.cluster))
+    # vLLM imports while Ray starts and the other Sparks join; a bad flag still fails
+    # in seconds, and the Ray node started meanwhile is stopped on the way out.
+    loading = engine.load_in_background()
     t0 = time.monotonic()
     with head_cluster(plan) as (node, address):
+        api = loading.result()
+        logs.capture()  # vLLM's and Ray's Python loggers into --log-dir too (vLLM set its own up at import)
+        vargs = engine.parse_serve_args(api, model, modelscmd.serve_flags(api, model, args))
+        log.info("vLLM %s accepted the flags; forming the cluster", api.version)
+        found = modelscmd.model_source(model)
         with modelscmd.prefetching(found, args, plan.cluster.nodes) as prefetched:
             state = form_cluster(plan, node, address)
             prefetched(state)

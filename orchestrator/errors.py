@@ -119,6 +119,10 @@ class NotEnoughDisk(HubError, OSError):
     pass
 
 
+class BenchFailed(ServeError):
+    """The serving benchmark could not run against the server."""
+
+
 # --- operations -------------------------------------------------------------------
 class PreflightFailed(SparkVllmError):
     """`spark-vllm doctor` found a check failing."""

@@ -52,7 +52,7 @@ def wait_for_port(host: str, port: int, timeout: float,
             log.info("waiting for the head at %s:%d (%.0f s of %g s)", host, port, now - start, timeout)
             next_log = now + 5
         time.sleep(min(delay, max(0.0, timeout - (now - start))))
-        delay = min(delay * 2, 2.0)
+        delay = min(delay * 2, 0.5)  # a short cap: the join follows the head's start closely
 
 
 def log_changes(before: ClusterState | None, now: ClusterState) -> None:

@@ -191,6 +191,25 @@ def load_vllm_api(
     )
 
 
+def load_parser_class(
+    version: str | None = None,
+    *,
+    import_module: Callable[[str], Any] = importlib.import_module,
+) -> type:
+    """vLLM's FlexibleArgumentParser alone (what its benchmark client's flags need),
+    without importing the server.
+
+    Raises:
+        ServeError: no known module has it.
+    """
+    failures: list[str] = []
+    _, (parser_cls,) = _first_with(candidates_for(version or vllm_version()).parser, ("FlexibleArgumentParser",),
+                                   import_module=import_module, failures=failures)
+    if parser_cls is None:
+        raise _not_found(version, failures)
+    return parser_cls
+
+
 def _first_with(modules, names, *, import_module, failures):
     """(module path, attributes) from the first module that has all `names`;
     (None, (None, ...)) if none has. Failures are appended as text."""

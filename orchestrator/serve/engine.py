@@ -1,7 +1,8 @@
 """Serving: vLLM's OpenAI server in this process, tensor parallel over the Ray cluster.
 
+`load_in_background` imports vLLM's server API while the head starts Ray;
 `parse_serve_args` runs vLLM's own parser and validation (a bad flag fails in a
-second, before Ray starts); `plan_parallelism` is the pure decision of TP/PP and
+second, before the wait for the nodes); `plan_parallelism` is the pure decision of TP/PP and
 the executor backend against the cluster's GPUs, and `fill_unset` writes it;
 `run_server` hands the args to vLLM under uvloop in the main thread (vLLM installs
 its signal handlers there).
@@ -16,10 +17,12 @@ import copy
 import io
 import os
 import signal
+import threading
+from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 
-from .compat import VllmApi
+from .compat import VllmApi, load_vllm_api
 from ..errors import BadServeFlags, EngineFailed, ModelNotFound, NotEnoughGpus
 
 
@@ -62,6 +65,21 @@ def serve_parser(api: VllmApi, unset: tuple[str, ...] | None = FILLED) -> argpar
     known = {a.dest for a in parser._actions} - {"help"}
     parser.set_defaults(**{dest: None for dest in (known if unset is None else known & set(unset))})
     return parser
+
+
+def load_in_background() -> "Future[VllmApi]":
+    """Import vLLM's server API on a daemon thread. The import is most of the flag
+    check's time (5 to 9 s); the head starts Ray meanwhile, and the other Sparks join."""
+    future: Future = Future()
+
+    def load() -> None:
+        try:
+            future.set_result(load_vllm_api())
+        except BaseException as exc:  # handed to the caller, raised by result()
+            future.set_exception(exc)
+
+    threading.Thread(target=load, name="spark-vllm-import", daemon=True).start()
+    return future
 
 
 def parse_serve_args(api: VllmApi, model: str, flags: list[str]) -> argparse.Namespace:
@@ -115,8 +133,26 @@ def plan_parallelism(tp: int | None, pp: int | None, backend: str | None, gpus: 
     return Parallelism(tensor, pipeline, backend or "ray", gpus)
 
 
+def explicit_parallel_sizes(flags: list[str]) -> tuple[int | None, int | None]:
+    """Pure: the TP and PP sizes the user gave, in any spelling `vllm serve` takes
+    (`--tensor-parallel-size 4`, `-tp=4`, `--tensor_parallel_size 4`), read before vLLM
+    is imported so that an impossible size fails before Ray starts. vLLM's own parser
+    still reads every flag afterwards; a spelling missed here is caught by the check
+    against the joined cluster."""
+    parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    for dest, short in (("tensor_parallel_size", "-tp"), ("pipeline_parallel_size", "-pp")):
+        long = "--" + dest.replace("_", "-")
+        parser.add_argument(long, "--" + dest, short, dest=dest, type=int, default=None)
+    try:
+        with contextlib.redirect_stderr(io.StringIO()):
+            known, _ = parser.parse_known_args(flags)
+    except SystemExit:  # a malformed value: vLLM's parser says so with its own message
+        return None, None
+    return known.tensor_parallel_size, known.pipeline_parallel_size
+
+
 def check_planned_size(tp: int | None, pp: int | None, nodes: int, gpus_per_node: int) -> None:
-    """Pure, before Ray starts: an explicit TP x PP that `nodes` Sparks can never hold
+    """Pure, before the wait for the nodes: an explicit TP x PP that `nodes` Sparks can never hold
     fails now, not after the whole wait for nodes. Sparks are alike, so the cluster is
     assumed to have `nodes` x this node's GPUs (the joined cluster is checked again)."""
     if not tp or gpus_per_node < 1:

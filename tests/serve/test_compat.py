@@ -161,3 +161,22 @@ def test_load_finds_the_installed_vllm():
     assert args.distributed_executor_backend == "ray"
     # A positional model lands in model_tag, not model: always pass --model.
     assert parser.parse_args(["/m"]).model != "/m"
+
+
+def test_load_parser_class_takes_the_versions_own_module_first():
+    seen: list[str] = []
+
+    class Parser:
+        pass
+
+    def fake_import(path):
+        seen.append(path)
+        if path == "vllm.utils.argparse_utils":
+            return type("M", (), {"FlexibleArgumentParser": Parser})
+        raise ModuleNotFoundError(name=path)
+
+    from orchestrator.serve.compat import load_parser_class
+
+    assert load_parser_class("0.32.0", import_module=fake_import) is Parser
+    assert seen == ["vllm.utils.argparse_utils"]
+    assert load_parser_class("0.11.0", import_module=lambda p: type("M", (), {"FlexibleArgumentParser": Parser})) is Parser

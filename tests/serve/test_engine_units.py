@@ -8,7 +8,8 @@ import argparse
 import pytest
 
 from orchestrator.errors import BadServeFlags, NotEnoughGpus
-from orchestrator.serve.engine import DRAIN_SECONDS, check_planned_size, fill_unset, plan_parallelism
+from orchestrator.serve.engine import (DRAIN_SECONDS, check_planned_size, explicit_parallel_sizes, fill_unset,
+                                       plan_parallelism)
 
 
 def test_default_tp_spans_every_gpu_over_ray():
@@ -62,3 +63,16 @@ def test_fill_unset_keeps_a_chosen_drain():
     assert (unset.shutdown_timeout, chosen.shutdown_timeout) == (DRAIN_SECONDS, 5)
     assert (unset.tensor_parallel_size, unset.distributed_executor_backend) == (2, "ray")
     assert not hasattr(fill_unset(argparse.Namespace(), par), "shutdown_timeout")  # old vLLM: left alone
+
+
+@pytest.mark.parametrize("flags, sizes", [
+    (["--tensor-parallel-size", "4"], (4, None)),
+    (["-tp=4", "--pipeline_parallel_size", "2"], (4, 2)),
+    (["--tensor_parallel_size=3", "--max-model-len", "512"], (3, None)),
+    (["--enable-prefix-caching", "--pipeline-parallel-size=2", "-O3"], (None, 2)),
+    (["--max-model-len", "512"], (None, None)),
+    (["-tp", "four"], (None, None)),  # malformed: left to vLLM's parser and its message
+])
+def test_explicit_parallel_sizes_in_any_spelling(flags, sizes, capsys):
+    assert explicit_parallel_sizes(flags) == sizes
+    assert capsys.readouterr().err == ""

@@ -1,0 +1,52 @@
+"""The README's performance table, made from benchmarks/results/latest.json.
+
+    .venv/bin/python -m benchmarks.report [results/latest.json]   # prints Markdown
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+ROWS = (
+    ("discovery", "discovery (in-process vs `ip \\| grep` + sysfs walk)", "lower"),
+    ("cluster_formation", "cluster formation (worker start to head sees 2 GPU nodes)", "lower"),
+    ("cold_start", "cold start to the first token", "lower"),
+    ("serving_throughput", "serving throughput (output tok/s, highest concurrency)", "higher"),
+)
+
+
+def fmt(r: dict) -> str:
+    return f"{r['median']:.2f} ({r['min']:.2f} to {r['max']:.2f}, n={r['n']})"
+
+
+def markdown(report: dict) -> str:
+    ratios, goals = report["ratios"], report.get("goals", {})
+    lines = ["| ours / shell flow | ratio: median (spread) | better | goal | met |", "| --- | --- | --- | --- | --- |"]
+    for key, label, better in ROWS:
+        if key in ratios:
+            g = goals.get(key, {})
+            lines.append(f"| {label} | {fmt(ratios[key])} | {better} | {g.get('goal', '')} | "
+                         f"{'yes' if g.get('met') else 'no'} |")
+    sc = report.get("scenarios", {})
+    if "serving_throughput" in sc:
+        t = sc["serving_throughput"]["ttft_p50_ratio"]
+        lines.append(f"| TTFT p50 at the same concurrency | {fmt(t)} | lower | <= 1.02 | "
+                     f"{'yes' if t['median'] <= 1.02 else 'no'} |")
+    join = report.get("join_detection_s")
+    if join:
+        lines.append(f"| join detection: our log line after Ray registered the node | {join['median']:.2f} s "
+                     f"({join['min']:.2f} to {join['max']:.2f}, n={join['n']}) | lower | <= 1 s | "
+                     f"{'yes' if join['median'] <= 1 else 'no'} |")
+    if "cold_start" in sc:
+        c = sc["cold_start"]
+        lines.append("")
+        lines.append(f"Cold start, seconds to the first token (median of {c['ours_s']['n']}): spark-vllm "
+                     f"{c['ours_s']['median']:.1f}, shell flow {c['theirs_s']['median']:.1f}.")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    src = Path(sys.argv[1] if len(sys.argv) > 1 else Path(__file__).parent / "results" / "latest.json")
+    print(markdown(json.loads(src.read_text())))

@@ -1,0 +1,448 @@
+"""spark-vllm against the playbook's shell flow, side by side on simulated Sparks.
+
+`make bench` runs this. Each scenario is run in pairs (ours, theirs), the order
+alternating from pair to pair; a ratio is ours over theirs per pair, reported as
+the median of the pairs with its spread (min, max):
+
+- discovery: in-process discovery + plan vs `ip -4 addr show | grep` plus the
+  ibdev2netdev sysfs walk (benchmarks.discovery, one round a pair);
+- cluster_formation: from the worker's start until the head sees both GPU nodes.
+  Ours: `spark-vllm head` / `spark-vllm worker`, seen by the head's "node X joined"
+  line. Theirs: `ray start --head` / `ray start --address` (Ray's CLI), seen when the
+  GCS registered the worker (Ray's own record, their best case). The same runs give
+  join_detection: our line's time minus the GCS registration time;
+- cold_start: from the first command until the first token of a streamed
+  completion. Ours: `spark-vllm serve MODEL` and `spark-vllm serve --head-ip` started
+  together. Theirs: `ray start --head`, then `ray start --address`, then `vllm serve`
+  (vLLM's CLI entry point) with the same model and flags. Each phase is timed;
+- serving_throughput: vLLM's benchmark client (`spark-vllm bench`) against each
+  cold-started server, at several concurrencies, each level's best of two runs.
+
+Writes benchmarks/results/latest.json and the PNG plots next to it. Needs root.
+
+    .venv/bin/python -m benchmarks.side_by_side [--pairs 3] [--cluster-pairs 5] [--only cold_start ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+from orchestrator.sim import netns
+from orchestrator.sim.demo import SIM_VLLM_FLAGS
+from orchestrator.sim.tinymodel import make_tiny_model
+
+from . import shell_flow
+
+REPO = Path(__file__).resolve().parents[1]
+RESULTS = REPO / "benchmarks" / "results"
+PY = sys.executable
+PORT = 8000
+RAY_PORT = 6379
+CONCURRENCIES = "1,4,16"
+# Variables the user's shell must not leak into either flow.
+DROP = ("VLLM_HOST_IP", "NCCL_SOCKET_IFNAME", "GLOO_SOCKET_IFNAME", "TP_SOCKET_IFNAME", "UCX_NET_DEVICES",
+        "OMPI_MCA_btl_tcp_if_include", "MASTER_ADDR", "RAY_memory_monitor_refresh_ms", "NCCL_IB_HCA",
+        "RAY_ADDRESS")
+
+
+def say(line: str) -> None:
+    print(f"bench: {line}", file=sys.stderr, flush=True)
+
+
+def base_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in DROP and not k.startswith("SPARK_VLLM_")}
+    env.update(RAY_USAGE_STATS_ENABLED="0", PYTHONUNBUFFERED="1", **extra)
+    return env
+
+
+class Proc:
+    """A command in a simulated Spark, each output line kept with its wall-clock time."""
+
+    def __init__(self, node: netns.SimNode, argv: list[str], env: dict[str, str], log: Path) -> None:
+        self.t_start = time.time()
+        self.proc = node.popen(*argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1,
+                               env=env, cwd=REPO)
+        self.lines: list[tuple[float, str]] = []
+        self.log = log
+        self.done = False  # the output ended (the process exited)
+        self._cond = threading.Condition()
+        threading.Thread(target=self._pump, daemon=True).start()
+
+    def _pump(self) -> None:
+        with open(self.log, "a") as out:
+            for line in self.proc.stdout:
+                out.write(line)
+                with self._cond:
+                    self.lines.append((time.time(), line.rstrip()))
+                    self._cond.notify_all()
+        with self._cond:
+            self.done = True
+            self._cond.notify_all()
+
+    def when(self, pattern: str) -> float | None:
+        rx = re.compile(pattern)
+        return next((t for t, line in self.lines if rx.search(line)), None)
+
+    def wait_line(self, pattern: str, timeout: float) -> float:
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while True:
+                t = self.when(pattern)
+                if t is not None:
+                    return t
+                if self.done:
+                    raise RuntimeError(f"exited {self.proc.wait()} before /{pattern}/; see {self.log}")
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"no /{pattern}/ after {timeout:g} s; see {self.log}")
+                self._cond.wait(0.5)
+
+    def wait_exit(self, timeout: float) -> float:
+        code = self.proc.wait(timeout)
+        if code:
+            raise RuntimeError(f"exited {code}; see {self.log}")
+        return time.time()
+
+
+def clear(net: netns.SimNetwork) -> None:
+    """End every process in the simulated Sparks (Ray's daemons included): the next run
+    starts cold. The page cache stays warm for both flows alike."""
+    for ns in net.namespaces:
+        for sig, wait in ((signal.SIGTERM, 10.0), (signal.SIGKILL, 3.0)):
+            left = netns.pids(ns)
+            for pid in left:
+                try:
+                    os.kill(pid, sig)
+                except ProcessLookupError:
+                    pass
+            deadline = time.monotonic() + wait
+            while left and time.monotonic() < deadline:
+                time.sleep(0.1)
+                left = netns.pids(ns)
+            if not left:
+                break
+
+
+def playbook_env(node: netns.SimNode, head_ip: str) -> dict[str, str]:
+    """What the playbook user exports by hand on this node (spark-vllm's own plan, so both
+    flows run with the same variables), plus the simulation's switch."""
+    r = node.run(PY, "-m", "launch", "env", "--json", "--sysfs-root", node.sysfs_root, "--head-ip", head_ip,
+                 capture_output=True, text=True, env=base_env(), cwd=REPO, check=True)
+    plan = json.loads(r.stdout)
+    return base_env(**{v["name"]: v["value"] for v in plan["variables"]}, SPARK_VLLM_SIMULATE="1")
+
+
+def node_times(node: netns.SimNode, head_ip: str) -> dict[str, float]:
+    r = node.run(PY, "-m", "benchmarks.probes", "node-times", f"{head_ip}:{RAY_PORT}", capture_output=True,
+                 text=True, env=base_env(), cwd=REPO, timeout=120)
+    if r.returncode:
+        raise RuntimeError(f"node-times probe failed: {r.stderr[-500:]}")
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+class Bench:
+    def __init__(self, net: netns.SimNetwork, workdir: Path, model: str) -> None:
+        self.net, self.workdir, self.model = net, workdir, model
+        self.head, self.worker = net.nodes
+        self.env = {n.ip: playbook_env(n, self.head.ip) for n in net.nodes}
+        self.runs = 0
+
+    def proc(self, node, argv, env, name) -> Proc:
+        self.runs += 1
+        return Proc(node, argv, env, self.workdir / f"{self.runs:02d}-{name}.log")
+
+    def ours(self, node, *args: str) -> list[str]:
+        return [PY, "-m", "launch", *args, "--simulate", "--sysfs-root", node.sysfs_root]
+
+    # --- cluster formation + join detection ---------------------------------------
+    def formation_ours(self) -> dict:
+        head = self.proc(self.head, self.ours(self.head, "head"), base_env(), "ours-head")
+        try:
+            t_head = head.wait_line(r"waiting for \d+ GPU node", 120)
+            t0 = time.time()
+            self.proc(self.worker, self.ours(self.worker, "worker", "--head-ip", self.head.ip), base_env(),
+                      "ours-worker")
+            seen = head.wait_line(rf"node {re.escape(self.worker.ip)} joined", 120)
+            registered = node_times(self.head, self.head.ip)[self.worker.ip]
+        finally:
+            clear(self.net)
+        return {"head_s": t_head - head.t_start, "formation_s": seen - t0, "registered_s": registered - t0,
+                "join_detection_s": seen - registered}
+
+    def formation_theirs(self) -> dict:
+        try:
+            head = self.proc(self.head, shell_flow.ray_start_head(PY, self.head.ip, RAY_PORT),
+                             self.env[self.head.ip], "theirs-head")
+            t_head = head.wait_exit(120)
+            t0 = time.time()
+            worker = self.proc(self.worker, shell_flow.ray_start_worker(PY, self.worker.ip,
+                                                                        f"{self.head.ip}:{RAY_PORT}"),
+                               self.env[self.worker.ip], "theirs-worker")
+            t_exit = worker.wait_exit(120)
+            registered = node_times(self.head, self.head.ip)[self.worker.ip]
+        finally:
+            clear(self.net)
+        return {"head_s": t_head - head.t_start, "formation_s": registered - t0, "cli_exit_s": t_exit - t0}
+
+    # --- cold start to the first token, then serving ---------------------------------
+    def first_token_probe(self) -> subprocess.Popen:
+        return self.worker.popen(PY, "-m", "benchmarks.probes", "first-token", f"http://{self.head.ip}:{PORT}",
+                                 self.model, "600", stdout=subprocess.PIPE, text=True, env=base_env(), cwd=REPO)
+
+    def probe_result(self, probe: subprocess.Popen, servers: list[Proc]) -> dict:
+        while probe.poll() is None:
+            if any(s.proc.poll() is not None for s in servers):
+                probe.kill()
+                raise RuntimeError(f"a server exited before its first token; see {servers[0].log}")
+            time.sleep(0.5)
+        out = probe.stdout.read().strip()
+        if probe.returncode or not out:
+            raise RuntimeError(f"first-token probe failed ({probe.returncode}); see {servers[0].log}")
+        return json.loads(out)
+
+    def serving(self, repeats: int = 2) -> list[dict]:
+        """Each level's best of `repeats` runs: other work on the shared machine can only
+        slow a run down, so the best run is the least disturbed one."""
+        runs = [self.bench_once() for _ in range(repeats)]
+        return [max(levels, key=lambda lv: lv["output_tok_s"]) for levels in zip(*runs)]
+
+    def bench_once(self) -> list[dict]:
+        r = self.worker.run(PY, "-m", "launch", "bench", "--url", f"http://{self.head.ip}:{PORT}", "--model",
+                            self.model, "--concurrency", CONCURRENCIES, "--output-len", "64", "--json",
+                            capture_output=True, text=True,
+                            env=base_env(), cwd=REPO, timeout=600)
+        if r.returncode:
+            raise RuntimeError(f"spark-vllm bench failed: {r.stderr[-800:]}")
+        return json.loads(r.stdout)["levels"]
+
+    def cold_ours(self, serve: bool) -> dict:
+        try:
+            t0 = time.time()
+            probe = self.first_token_probe()
+            head = self.proc(self.head, self.ours(self.head, "serve", self.model, "--port", str(PORT),
+                                                  *SIM_VLLM_FLAGS), base_env(), "ours-serve-head")
+            self.proc(self.worker, self.ours(self.worker, "serve", "--head-ip", self.head.ip), base_env(),
+                      "ours-serve-worker")
+            got = self.probe_result(probe, [head])
+            marks = {"vllm_flags_checked": head.when(r"accepted the flags"), "ray_started": head.when(r"Ray head started"),
+                     "cluster_complete": head.when(r"cluster complete"), "healthy": got["health"],
+                     "first_token": got["first_token"]}
+            result = {"total_s": got["first_token"] - t0, "marks_s": rel(marks, t0)}
+            if serve:
+                result["serving"] = self.serving()
+        finally:
+            clear(self.net)
+        return result
+
+    def cold_theirs(self, serve: bool) -> dict:
+        try:
+            t0 = time.time()
+            head = self.proc(self.head, shell_flow.ray_start_head(PY, self.head.ip, RAY_PORT),
+                             self.env[self.head.ip], "theirs-ray-head")
+            t_head = head.wait_exit(120)
+            worker = self.proc(self.worker, shell_flow.ray_start_worker(PY, self.worker.ip,
+                                                                        f"{self.head.ip}:{RAY_PORT}"),
+                               self.env[self.worker.ip], "theirs-ray-worker")
+            t_worker = worker.wait_exit(120)
+            probe = self.first_token_probe()
+            server = self.proc(self.head, shell_flow.vllm_serve(PY, self.model, "--port", str(PORT), *SIM_VLLM_FLAGS,
+                                                                "--tensor-parallel-size", "2",
+                                                                "--distributed-executor-backend", "ray"),
+                               self.env[self.head.ip], "theirs-vllm-serve")
+            got = self.probe_result(probe, [server])
+            # vLLM logs its non-default args once imported and parsed, before building the engine.
+            marks = {"ray_head_started": t_head, "ray_worker_joined": t_worker,
+                     "vllm_flags_checked": server.when(r"non-default args"), "healthy": got["health"],
+                     "first_token": got["first_token"]}
+            result = {"total_s": got["first_token"] - t0, "marks_s": rel(marks, t0)}
+            if serve:
+                result["serving"] = self.serving()
+        finally:
+            clear(self.net)
+        return result
+
+
+def rel(marks: dict[str, float | None], t0: float) -> dict[str, float | None]:
+    return {k: None if v is None else round(v - t0, 2) for k, v in marks.items()}
+
+
+def paired(n: int, ours, theirs, label: str) -> list[dict]:
+    """n pairs, ours first in even pairs and theirs first in odd ones."""
+    pairs = []
+    for i in range(n):
+        order = [("ours", ours), ("theirs", theirs)]
+        if i % 2:
+            order.reverse()
+        pair = {}
+        for who, fn in order:
+            t = time.monotonic()
+            pair[who] = fn()
+            say(f"{label} pair {i + 1}/{n}: {who} done in {time.monotonic() - t:.1f} s")
+        pairs.append(pair)
+    return pairs
+
+
+def spread(values: list[float], digits: int = 3) -> dict:
+    """Median and spread (min, max) of the paired values."""
+    return {"median": round(statistics.median(values), digits), "min": round(min(values), digits),
+            "max": round(max(values), digits), "n": len(values), "values": [round(v, digits) for v in values]}
+
+
+def ratio(pairs: list[dict], key) -> dict:
+    return spread([key(p["ours"]) / key(p["theirs"]) for p in pairs])
+
+
+def discovery_pairs(net: netns.SimNetwork, rounds: int) -> dict:
+    """benchmarks.discovery once in the head's namespace with `rounds` alternating rounds."""
+    r = net.nodes[0].run(PY, "-m", "benchmarks.discovery", "--inside", net.nodes[0].sysfs_root, "--runs", "50",
+                         "--cli-runs", "3", "--rounds", str(rounds), capture_output=True, text=True,
+                         env=base_env(), cwd=REPO, timeout=600)
+    if r.returncode:
+        raise RuntimeError(f"discovery failed: {r.stderr[-800:]}")
+    found = json.loads(r.stdout)
+    pairs = found["rounds"]
+    return {"pairs": pairs, "ratio": ratio(pairs, lambda side: side["median_ms"]),
+            "ours_median_ms": spread([p["ours"]["median_ms"] for p in pairs]),
+            "theirs_median_ms": spread([p["theirs"]["median_ms"] for p in pairs]),
+            "cli_process": found["cli_process"]}
+
+
+def serving_curve(pairs: list[dict], who: str) -> list[dict]:
+    """Per concurrency: the median over the pairs of throughput and TTFT p50."""
+    levels = {}
+    for p in pairs:
+        for lv in p[who].get("serving", []):
+            levels.setdefault(lv["concurrency"], []).append(lv)
+    return [{"concurrency": c, "output_tok_s": round(statistics.median(x["output_tok_s"] for x in lv), 1),
+             "ttft_p50_ms": round(statistics.median(x["ttft_p50_ms"] for x in lv), 1),
+             "tpot_p50_ms": round(statistics.median(x["tpot_p50_ms"] for x in lv), 1),
+             "itl_p99_ms": round(statistics.median(x["itl_p99_ms"] for x in lv), 1)}
+            for c, lv in sorted(levels.items())]
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.side_by_side", description=__doc__.split("\n")[0])
+    p.add_argument("--pairs", type=int, default=3, help="cold-start (and serving) pairs (default 3)")
+    p.add_argument("--cluster-pairs", type=int, default=5, help="cluster-formation pairs (default 5)")
+    p.add_argument("--discovery-rounds", type=int, default=7, help="discovery pairs (default 7)")
+    p.add_argument("--only", nargs="*", choices=("discovery", "cluster_formation", "cold_start"),
+                   help="run only these scenarios")
+    p.add_argument("--no-serving", action="store_true", help="skip the throughput runs after each cold start")
+    p.add_argument("--no-warmup", dest="warmup", action="store_false",
+                   help="skip the untimed cold start that fills the compile caches first")
+    p.add_argument("--out", default=str(RESULTS / "latest.json"))
+    args = p.parse_args(argv)
+    reason = netns.available()
+    if reason:
+        say(reason)
+        return 1
+    only = set(args.only or ("discovery", "cluster_formation", "cold_start"))
+    report: dict = {"machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
+                                "kernel": platform.release()},
+                    "note": "CPU simulation: two network-namespace Sparks sharing one machine's cores; "
+                            "absolute figures mean little, the ratios compare the two flows on equal terms",
+                    "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    t_all = time.monotonic()
+    netns.cleanup_stale("svbench")
+    with tempfile.TemporaryDirectory(prefix="spark-vllm-bench-") as tmp, \
+            netns.SimNetwork(nodes=2, prefix="svbench") as net:
+        workdir = Path(tmp)
+        # A fixed place, so vLLM's compile cache (keyed by the model) stays warm between runs.
+        model_dir = RESULTS / "model" / "tiny-llama"
+        model = str(model_dir if (model_dir / "config.json").exists() else make_tiny_model(model_dir))
+        bench = Bench(net, workdir, model)
+        scen: dict = {}
+        try:
+            if "cold_start" in only and args.warmup:
+                # Untimed: compiles the model into vLLM's and inductor's caches, which then
+                # serve both flows alike (as they would after a Spark's first start).
+                t = time.monotonic()
+                bench.cold_theirs(serve=False)
+                say(f"warm-up cold start done in {time.monotonic() - t:.1f} s")
+            if "discovery" in only:
+                scen["discovery"] = discovery_pairs(net, args.discovery_rounds)
+                say(f"discovery ratio {scen['discovery']['ratio']['median']}")
+            if "cluster_formation" in only:
+                pairs = paired(args.cluster_pairs, bench.formation_ours, bench.formation_theirs, "cluster formation")
+                scen["cluster_formation"] = {
+                    "pairs": pairs, "ratio": ratio(pairs, lambda s: s["formation_s"]),
+                    # Secondary views: against `ray start --address` returning (what a shell
+                    # script waits for), and registration against registration (no detection).
+                    "ratio_vs_ray_start_exit": spread([p["ours"]["formation_s"] / p["theirs"]["cli_exit_s"]
+                                                       for p in pairs]),
+                    "ratio_registration_only": spread([p["ours"]["registered_s"] / p["theirs"]["formation_s"]
+                                                       for p in pairs])}
+                scen["join_detection"] = {"seconds": spread([p["ours"]["join_detection_s"] for p in pairs]),
+                                          "what": "our head's 'node X joined' line minus the GCS registration time"}
+            if "cold_start" in only:
+                pairs = paired(args.pairs, lambda: bench.cold_ours(not args.no_serving),
+                               lambda: bench.cold_theirs(not args.no_serving), "cold start")
+                scen["cold_start"] = {"pairs": pairs, "ratio": ratio(pairs, lambda s: s["total_s"]),
+                                      "ours_s": spread([p["ours"]["total_s"] for p in pairs], 1),
+                                      "theirs_s": spread([p["theirs"]["total_s"] for p in pairs], 1)}
+                if not args.no_serving:
+                    top = max(int(c) for c in CONCURRENCIES.split(","))
+
+                    def at_top(side: dict, key: str) -> float:
+                        return next(lv[key] for lv in side["serving"] if lv["concurrency"] == top)
+
+                    scen["serving_throughput"] = {
+                        "concurrency": top,
+                        "ratio": ratio(pairs, lambda s: at_top(s, "output_tok_s")),
+                        "ttft_p50_ratio": ratio(pairs, lambda s: at_top(s, "ttft_p50_ms")),
+                        "curve": {"ours": serving_curve(pairs, "ours"), "theirs": serving_curve(pairs, "theirs")}}
+        finally:
+            clear(net)
+            logs = RESULTS / "logs"
+            logs.mkdir(parents=True, exist_ok=True)
+            for f in workdir.glob("*.log"):
+                (logs / f.name).write_text(f.read_text())
+    report["scenarios"] = scen
+    report["ratios"] = {k: scen[k]["ratio"] for k in ("discovery", "cluster_formation", "cold_start",
+                                                        "serving_throughput") if k in scen}
+    report["join_detection_s"] = scen.get("join_detection", {}).get("seconds")
+    report["goals"] = goals(report["ratios"], report["join_detection_s"])
+    report["wall_s"] = round(time.monotonic() - t_all, 1)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2) + "\n")
+    from .plots import plot_all
+
+    for path in plot_all(report, out.parent):
+        say(f"plot {path}")
+    say(f"written {out}")
+    print(json.dumps({"ratios": report["ratios"], "join_detection_s": report["join_detection_s"],
+                      "goals": report["goals"]}, indent=2))
+    return 0
+
+
+# The issue's goals: (ratio, bound, "max" = at most / "min" = at least).
+GOALS = {"discovery": (0.5, "max"), "cluster_formation": (0.6, "max"), "cold_start": (0.75, "max"),
+         "serving_throughput": (0.98, "min")}
+
+
+def goals(ratios: dict, join: dict | None) -> dict:
+    out = {}
+    for k, (bound, kind) in GOALS.items():
+        if k in ratios:
+            m = ratios[k]["median"]
+            out[k] = {"goal": f"{'<=' if kind == 'max' else '>='} {bound}", "median": m,
+                      "met": m <= bound if kind == "max" else m >= bound}
+    if join:
+        out["join_detection"] = {"goal": "<= 1 s", "median": join["median"], "met": join["median"] <= 1.0}
+    return out
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

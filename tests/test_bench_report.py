@@ -1,0 +1,49 @@
+"""The side-by-side benchmark's arithmetic and its README table, on plain data."""
+
+from __future__ import annotations
+
+from benchmarks.report import markdown
+from benchmarks.side_by_side import goals, ratio, serving_curve, spread
+
+
+def side(total: float, tok_s: float, ttft: float) -> dict:
+    return {"total_s": total, "serving": [{"concurrency": 1, "output_tok_s": tok_s / 4, "ttft_p50_ms": ttft,
+                                           "tpot_p50_ms": 2.0, "itl_p99_ms": 5.0},
+                                          {"concurrency": 16, "output_tok_s": tok_s, "ttft_p50_ms": ttft * 2,
+                                           "tpot_p50_ms": 3.0, "itl_p99_ms": 9.0}]}
+
+
+PAIRS = [{"ours": side(30, 1000, 10), "theirs": side(40, 1000, 10)},
+         {"ours": side(36, 900, 12), "theirs": side(40, 1000, 10)},
+         {"ours": side(20, 1100, 8), "theirs": side(40, 1000, 10)}]
+
+
+def test_ratio_is_the_median_of_the_pairs_with_the_spread():
+    r = ratio(PAIRS, lambda s: s["total_s"])
+    assert (r["median"], r["min"], r["max"], r["n"]) == (0.75, 0.5, 0.9, 3)
+    assert spread([3.0, 1.0, 2.0]) == {"median": 2.0, "min": 1.0, "max": 3.0, "n": 3, "values": [3.0, 1.0, 2.0]}
+
+
+def test_serving_curve_takes_each_levels_median():
+    curve = serving_curve(PAIRS, "ours")
+    assert [c["concurrency"] for c in curve] == [1, 16]
+    assert curve[1]["output_tok_s"] == 1000.0 and curve[0]["ttft_p50_ms"] == 10.0
+
+
+def test_goals_compare_each_median_with_its_bound():
+    g = goals({"cold_start": {"median": 0.8}, "serving_throughput": {"median": 0.99},
+               "discovery": {"median": 0.2}}, {"median": 0.3})
+    assert g["cold_start"]["met"] is False and g["cold_start"]["goal"] == "<= 0.75"
+    assert g["serving_throughput"]["met"] is True and g["discovery"]["met"] is True
+    assert g["join_detection"]["met"] is True
+
+
+def test_readme_table_rows_come_from_the_json():
+    cold = ratio(PAIRS, lambda s: s["total_s"])
+    report = {"ratios": {"cold_start": cold}, "goals": goals({"cold_start": cold}, {"median": 0.25}),
+              "join_detection_s": {"median": 0.25, "min": 0.2, "max": 0.3, "n": 3},
+              "scenarios": {"cold_start": {"ours_s": spread([30, 36, 20]), "theirs_s": spread([40, 40, 40])}}}
+    table = markdown(report)
+    assert "| cold start to the first token | 0.75 (0.50 to 0.90, n=3) | lower | <= 0.75 | yes |" in table
+    assert "0.25 s (0.20 to 0.30, n=3)" in table
+    assert "spark-vllm 30.0, shell flow 40.0" in table
