@@ -15,12 +15,12 @@ import sys
 from orchestrator import __version__, errors
 from orchestrator.settings import Settings
 
-from . import clustercmd, democmd, netcmd, servecmd
+from . import clustercmd, democmd, fabriccmd, netcmd, servecmd
 from .exitcodes import exit_code_for
 
 log = logging.getLogger("spark_vllm")
 
-COMMANDS = (netcmd, clustercmd, servecmd, democmd)
+COMMANDS = (netcmd, clustercmd, servecmd, democmd, fabriccmd)
 
 
 class Parser(argparse.ArgumentParser):

@@ -208,7 +208,10 @@ def status_target(args: argparse.Namespace) -> StatusTarget:
                         args.server_url or f"http://{head_ip}:8000")
 
 
-def run_status(args: argparse.Namespace, settings: Settings) -> int:
+@contextlib.contextmanager
+def attached(args: argparse.Namespace):
+    """This process as a driver of the cluster `status` would read (its run record, or
+    discovery): yields the target, disconnects on the way out."""
     target = status_target(args)
     address = ray_node.attach_address(os.environ) or target.gcs_address
     host, port = target.gcs_address.rsplit(":", 1)
@@ -220,9 +223,14 @@ def run_status(args: argparse.Namespace, settings: Settings) -> int:
     os.environ.update(auth.env)
     ray_node.connect_driver(address, target.node_ip, quiet=True)
     try:
-        state = ray_node.cluster_state(args.nodes)
+        yield target
     finally:
         shutdown_driver()
+
+
+def run_status(args: argparse.Namespace, settings: Settings) -> int:
+    with attached(args) as target:
+        state = ray_node.cluster_state(args.nodes)
     url = target.server_url
     health = health_state(url.rstrip("/") + "/health")
     if args.json:
