@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
 import subprocess
 import sys
 import threading
@@ -21,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from . import netns
+from . import gpusim, netns
 from ..errors import SimulationError
 from .tinymodel import make_tiny_model
 
@@ -31,6 +32,10 @@ log = logging.getLogger("spark_vllm")
 # a fixed 64 MiB KV cache. (A --gpu-memory-utilization fraction of RAM fails here:
 # both simulated Sparks count the same memory node, and the sum goes negative.)
 SIM_VLLM_FLAGS = ("--max-model-len", "512", "--max-num-seqs", "16", "--kv-cache-memory-bytes", str(64 << 20))
+# The GPU simulation (one real GPU per simulated Spark): a small KV cache, and eager
+# mode, since compiling and capturing CUDA graphs for a toy model costs more than it saves.
+GPU_VLLM_FLAGS = ("--max-model-len", "512", "--max-num-seqs", "16", "--gpu-memory-utilization", "0.2",
+                  "--enforce-eager")
 PORT = 8000
 
 
@@ -133,24 +138,31 @@ def simulated_sparks(nodes: int, prefix: str, loopback: bool, on_line: Callable[
 @contextlib.contextmanager
 def serving_cluster(workdir: Path, model: str, on_line: Callable[[str, str], None], nodes: int = 2,
                     flags: tuple[str, ...] = (), timeout: float = 420.0, python: str = sys.executable,
-                    prefix: str = "sparkdemo", loopback: bool = False):
-    """`spark-vllm serve` on N simulated Sparks, ready; torn down on exit whatever happens."""
+                    prefix: str = "sparkdemo", loopback: bool = False, gpu: bool = False):
+    """`spark-vllm serve` on N simulated Sparks, ready; torn down on exit whatever happens.
+    `gpu`: the GPU simulation (one real GPU each, vLLM's CUDA engine) instead of the CPU one."""
+    if gpu:
+        gpusim.check_gpus(nodes)
     with simulated_sparks(nodes, prefix, loopback, on_line) as net:
         head_node, *worker_nodes = net.nodes
         on_line("demo", f"{nodes} simulated Sparks: {', '.join(n.ip for n in net.nodes)} on {head_node.iface}")
+        if gpu:
+            on_line("demo", gpusim.describe(nodes))
+        mode = () if gpu else ("--simulate",)
 
-        def start(label, node, *args):
-            proc = node.popen(python, "-m", "launch", "serve", *args, "--simulate", "--nodes", str(nodes),
-                              *node.cli_flags(),
+        def start(label, index, node, *args):
+            env = {**os.environ, **(gpusim.gpu_env(index) if gpu else {})}
+            proc = node.popen(python, "-m", "launch", "serve", *args, *mode, "--nodes", str(nodes),
+                              *node.cli_flags(), env=env,
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1)
             return NodeRun(label, proc, workdir / f"{label}.log", on_line)
 
-        head = start("head", head_node, model, "--port", str(PORT), "--wait-timeout", "180",
-                     *SIM_VLLM_FLAGS, *flags)
+        head = start("head", 0, head_node, model, "--port", str(PORT), "--wait-timeout", "180",
+                     *(GPU_VLLM_FLAGS if gpu else SIM_VLLM_FLAGS), *flags)
         workers: list[NodeRun] = []
         try:
             for i, node in enumerate(worker_nodes, 1):
-                workers.append(start(f"worker{i}" if nodes > 2 else "worker", node, "--head-ip", head_node.ip))
+                workers.append(start(f"worker{i}" if nodes > 2 else "worker", i, node, "--head-ip", head_node.ip))
                 if nodes > 2:
                     # One at a time: several raylets registering at once on 2 cores overrun
                     # Ray's fixed 30 s startup wait (a simulation limit, not a Spark one).
@@ -167,7 +179,7 @@ def serving_cluster(workdir: Path, model: str, on_line: Callable[[str, str], Non
 
 
 def run_demo(workdir: Path, on_line: Callable[[str, str], None], timeout: float = 420.0,
-             python: str = sys.executable, loopback: bool = False) -> DemoResult:
+             python: str = sys.executable, loopback: bool = False, gpu: bool = False) -> DemoResult:
     """The demo; raises SimulationError (with the relevant log lines) on any failure."""
     timings: dict[str, float] = {}
     t0 = time.monotonic()
@@ -175,7 +187,7 @@ def run_demo(workdir: Path, on_line: Callable[[str, str], None], timeout: float 
     timings["model"] = time.monotonic() - t0
     on_line("demo", f"tiny random Llama ready at {model} ({timings['model']:.1f} s)")
     t1 = time.monotonic()
-    with serving_cluster(workdir, model, on_line, timeout=timeout, python=python, loopback=loopback) as sim:
+    with serving_cluster(workdir, model, on_line, timeout=timeout, python=python, loopback=loopback, gpu=gpu) as sim:
         timings["cluster_and_engine"] = time.monotonic() - t1
         t2 = time.monotonic()
         out = sim.client().run(python, "-m", "orchestrator.sim.client", sim.url, model,
