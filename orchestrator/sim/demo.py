@@ -176,6 +176,10 @@ def serving_cluster(workdir: Path, model: str, on_line: Callable[[str, str], Non
             # Workers leave on their own when the head goes (exit 7, what a restart policy sees).
             on_line("demo", f"stopped in {time.monotonic() - t:.1f} s: "
                             + ", ".join(f"{r.label} exit {c}" for r, c in zip(runs, codes)))
+            if isinstance(net, netns.SimNetwork):  # before the teardown kills what is left
+                left = sum(len(p) for p in netns.wait_empty(net.namespaces).values())
+                on_line("demo", f"{left} process(es) left in the simulated Sparks" if left
+                        else "nothing left running in the simulated Sparks")
 
 
 def run_demo(workdir: Path, on_line: Callable[[str, str], None], timeout: float = 420.0,

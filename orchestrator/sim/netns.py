@@ -327,6 +327,15 @@ def available(backend: str | None = None) -> str | None:
     return nsops.unavailable(backend or ("ip" if shutil.which("ip") else "pyroute2"))
 
 
+def wait_empty(namespaces: tuple[str, ...], timeout_s: float = 15.0) -> dict[str, list[int]]:
+    """The pids still in each namespace once all are empty or `timeout_s` passed
+    (processes stopped by SIGTERM take a moment to go)."""
+    deadline = time.monotonic() + timeout_s
+    while any((left := {ns: pids(ns) for ns in namespaces}).values()) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return left
+
+
 def remove_namespace(ns: str, grace_s: float = 2.0, ops: nsops.NsOps | None = None) -> None:
     """SIGTERM the processes inside `ns`, SIGKILL those still there after `grace_s`,
     then delete it (if it exists)."""

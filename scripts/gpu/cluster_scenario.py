@@ -81,6 +81,22 @@ def main(out_dir: str, gpu: bool = True) -> int:
     env = {**os.environ, "SPARK_VLLM_RUN_DIR": str(work / "run"), "RAY_USAGE_STATS_ENABLED": "0",
            "NCCL_DEBUG": "INFO", "NCCL_DEBUG_SUBSYS": "INIT,NET"}
     t0 = time.monotonic()
+    try:
+        run(result, work, env, out, gpu)
+    finally:
+        result["total_s"] = round(time.monotonic() - t0, 1)
+        (out / "step1.json").write_text(json.dumps(result, indent=2))
+    nccl = result.get("fabric_nccl", {})
+    ok = (nccl.get("backend") == ("nccl" if gpu else "gloo") and result["status"].get("gpu_nodes") == 2
+          and not any(result["left_in_namespaces"].values()) and set(result["exits"].values()) == {0}
+          and not result.get("ray_daemons_left"))
+    say("gpu", f"step 1 {'OK' if ok else 'FAILED'} in {result['total_s']} s; "
+               f"peak busbw {nccl.get('verdict', {}).get('peak_busbw_gbps')} GB/s")
+    return 0 if ok else 1
+
+
+def run(result: dict, work: Path, env: dict, out: Path, gpu: bool) -> None:
+    t0 = time.monotonic()
     with netns.SimNetwork(nodes=2, prefix="svgpu") as net:
         say("sim", f"2 simulated Sparks, namespaces built with {net.ops.name}: "
                    + ", ".join(f"{n.netns} {n.cidr} on {n.iface}" for n in net.nodes))
@@ -106,23 +122,16 @@ def main(out_dir: str, gpu: bool = True) -> int:
                         "--sizes", "1M,16M,64M", "--iters", "5", "--warmup", "1")
                 result["fabric_gloo"] = {"exit": r.returncode, **(json.loads(r.stdout) if r.stdout.strip() else
                                                                    {"stderr": r.stderr[-3000:]})}
-                result["nccl_info"] = nccl_lines()[:60]
+                result["nccl_info"] = nccl_lines()[:60] if gpu else []
                 print("\n".join(result["nccl_info"][:30]), flush=True)
         finally:
             for log in work.glob("*.log"):
                 shutil.copy(log, out / log.name)
         result["exits"] = {p.role: p.proc.returncode for p in procs}
-        result["left_in_namespaces"] = {ns: netns.pids(ns) for ns in net.namespaces}
-    strays = [p.info["name"] for p in psutil.process_iter(["name"]) if p.info["name"] in ("raylet", "gcs_server")]
-    result["ray_daemons_left"] = strays
-    result["total_s"] = round(time.monotonic() - t0, 1)
-    (out / "step1.json").write_text(json.dumps(result, indent=2))
-    nccl = result.get("fabric_nccl", {})
-    ok = (nccl.get("backend") == ("nccl" if gpu else "gloo") and result["status"].get("gpu_nodes") == 2
-          and not strays and set(result["exits"].values()) == {0})
-    say("gpu", f"step 1 {'OK' if ok else 'FAILED'} in {result['total_s']} s; "
-               f"peak busbw {nccl.get('verdict', {}).get('peak_busbw_gbps')} GB/s")
-    return 0 if ok else 1
+        result["left_in_namespaces"] = netns.wait_empty(net.namespaces)
+    if gpu:  # the device runs nothing else: no Ray daemon may be left anywhere
+        result["ray_daemons_left"] = [p.info["name"] for p in psutil.process_iter(["name"])
+                                      if p.info["name"] in ("raylet", "gcs_server")]
 
 
 if __name__ == "__main__":
