@@ -14,6 +14,7 @@ import contextlib
 import json
 import logging
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -34,8 +35,10 @@ log = logging.getLogger("spark_vllm")
 SIM_VLLM_FLAGS = ("--max-model-len", "512", "--max-num-seqs", "16", "--kv-cache-memory-bytes", str(64 << 20))
 # The GPU simulation (one real GPU per simulated Spark): a small KV cache, and eager
 # mode, since compiling and capturing CUDA graphs for a toy model costs more than it saves.
+# vLLM's custom all-reduce takes both simulated Sparks for one host (they share its
+# /dev/shm) and reaches for the other GPU over P2P: off, as between two real Sparks.
 GPU_VLLM_FLAGS = ("--max-model-len", "512", "--max-num-seqs", "16", "--gpu-memory-utilization", "0.2",
-                  "--enforce-eager")
+                  "--enforce-eager", "--disable-custom-all-reduce")
 PORT = 8000
 
 
@@ -50,6 +53,17 @@ class DemoResult:
     def to_json(self) -> dict:
         return {"url": self.url, "model": self.model, "answers": self.answers,
                 "timings_s": self.timings, "logs": self.logs}
+
+
+# vLLM's CUDA build prefixes what its processes print, ours included once vLLM runs:
+# "(APIServer pid=7549) spark-vllm: ready: ..." (seen with vLLM 0.24 on a 2-GPU machine).
+OWN_LINE = re.compile(r"^(?:\([\w.]+ pid=\d+\) )?spark-vllm: (.*)$")
+
+
+def own_line(line: str) -> str | None:
+    """The message of a spark-vllm log line (vLLM's process prefix removed), else None."""
+    m = OWN_LINE.match(line.rstrip())
+    return m.group(1) if m else None
 
 
 @dataclass
@@ -71,11 +85,12 @@ class NodeRun:
             for line in self.proc.stdout:
                 out.write(line)
                 out.flush()
-                if line.startswith("spark-vllm:"):
-                    self.on_line(self.label, line.rstrip()[len("spark-vllm: "):])
-                    if line.startswith("spark-vllm: ready:"):
+                ours = own_line(line)
+                if ours is not None:
+                    self.on_line(self.label, ours)
+                    if ours.startswith("ready:"):
                         self.ready.set()
-                    elif line.startswith("spark-vllm: joined the cluster"):
+                    elif ours.startswith("joined the cluster"):
                         self.joined.set()
 
     def tail(self, n: int = 15) -> str:

@@ -10,4 +10,6 @@ python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --tar
 mkdir -p /root/code && tar xzf code.tgz -C /root/code
 export PYTHONPATH=/root/code:/root/site PATH=/root/site/bin:$PATH PYTHONUNBUFFERED=1
 export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
+# flashinfer is not carried (wheelhouse.py): keep vLLM's sampler off it.
+export VLLM_USE_FLASHINFER_SAMPLER=0
 cd /root/code && python3 scripts/gpu/serve_scenario.py "${OUT:-/root/out}"

@@ -34,9 +34,15 @@ triton typer urllib3 uvloop wheel yarl llvmlite
 # vLLM's optional kernels (imported only when a model or backend needs them) and
 # what only they need: too large to carry for a small bf16 model.
 SKIP = set(map(canonicalize_name, """
-flashinfer-python flashinfer-cubin apache-tvm-ffi tilelang nvidia-cudnn-frontend fastsafetensors
+flashinfer-python flashinfer-cubin tilelang nvidia-cudnn-frontend fastsafetensors
 nvidia-cutlass-dsl quack-kernels tokenspeed-mla humming-kernels
 """.split()))
+# Requirements replaced, as seen on the GPU machine with vLLM 0.24.0: vLLM pins
+# apache-tvm-ffi 0.1.9 for flashinfer (not carried), but the xgrammar it imports at
+# start needs >= 0.1.11; llguidance 1.7 (imported at start too) is not on the index
+# this machine reaches, and 1.6.1 imports. Without flashinfer, run vLLM with
+# VLLM_USE_FLASHINFER_SAMPLER=0 (its sampler imports flashinfer otherwise).
+REPLACE = {"apache-tvm-ffi": "apache-tvm-ffi>=0.1.11", "llguidance": "llguidance>=1.6.1,<1.8"}
 ENV = {"python_version": "3.12", "python_full_version": "3.12.3", "platform_machine": "x86_64",
        "sys_platform": "linux", "platform_system": "Linux", "os_name": "posix",
        "implementation_name": "cpython", "platform_python_implementation": "CPython", "extra": ""}
@@ -69,6 +75,8 @@ def main(out: str, *specs: str) -> None:
         batch = {}
         for req in todo:
             name = canonicalize_name(req.name)
+            if name in REPLACE:
+                req = Requirement(REPLACE[name])
             if name in HAVE or name in SKIP:
                 continue
             if name in done and set(req.extras) <= done[name]:
