@@ -5,12 +5,13 @@ from __future__ import annotations
 import argparse
 import logging
 
+from orchestrator.cluster import ray_node
+from orchestrator.errors import UsageError
 from orchestrator.ops import fabric
 from orchestrator.settings import Settings
 
 from .clustercmd import attached
 from .options import add_json, add_network_options, discover_here, print_json, table
-from orchestrator.cluster import ray_node
 
 log = logging.getLogger("spark_vllm")
 
@@ -31,15 +32,15 @@ def register(sub, settings: Settings) -> None:
                    help=f"rendezvous port on the head (default {fabric.DEFAULT_PORT})")
     p.add_argument("--timeout", type=float, default=300, help="seconds before the test is given up (default 300)")
     add_json(p)
-    p.set_defaults(func=run)
+    p.set_defaults(func=run, server_url=None)  # attach() reads it; no server is looked at here
 
 
 def options(args: argparse.Namespace) -> fabric.FabricOptions:
-    from orchestrator.errors import UsageError
-
     if args.iters < 1 or args.warmup < 0:
         raise UsageError(f"--iters {args.iters} / --warmup {args.warmup}: need iters >= 1, warmup >= 0")
     sizes = tuple(fabric.parse_size(s) for s in args.sizes.split(",") if s.strip())
+    if not sizes:
+        raise UsageError(f"--sizes {args.sizes!r} names no size", "e.g. --sizes 1M,64M,256M")
     return fabric.FabricOptions(sizes=sizes, iters=args.iters, warmup=args.warmup, backend=args.backend,
                                 port=args.port, timeout_s=args.timeout)
 
@@ -54,7 +55,6 @@ def link_speed(args: argparse.Namespace, node_ip: str | None) -> int | None:
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
     opts = options(args)
-    args.server_url = None  # status_target's field; no server is looked at here
     with attached(args) as target:
         state = ray_node.cluster_state(2)
         speed = link_speed(args, target.node_ip)

@@ -76,3 +76,25 @@ def test_report_json():
     assert out["results"] == [{"size_bytes": 1 << 20, "size": "1M", "time_us": 1000.0,
                                "algbw_gbps": 1.049, "busbw_gbps": 1.049}]
     assert out["verdict"]["status"] == "below"
+
+
+@pytest.mark.parametrize("argv,words", [
+    (["--iters", "0"], "need iters >= 1"),
+    (["--sizes", "1T"], "not a byte count"),
+    (["--sizes", ","], "names no size"),
+])
+def test_bad_options_fail_before_touching_ray(argv, words, capsys):
+    from launch.cli import main
+
+    assert main(["fabric-test", *argv]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("spark-vllm: error: ") and words in err[0]
+
+
+def test_no_cluster_is_one_line_and_exit_4(capsys):
+    from launch.cli import main
+
+    # 127.0.0.1 on a port nothing listens on: refused at once, before ray.init
+    code = main(["fabric-test", "--iface", "lo", "--head-ip", "127.0.0.1", "--ray-port", "9"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 4 and err[-1].startswith("spark-vllm: error: no Ray cluster answers at 127.0.0.1:9")
