@@ -11,9 +11,9 @@ bridge in a hub namespace (a switch). Everything is removed on exit, whatever
 happens: processes left in the namespaces are killed first, since a namespace with a
 live process outlives `ip netns del`.
 
-Needs root and iproute2, or pyroute2 with nsenter and unshare (`nsops`). Names carry the creating process's pid, so parallel
-runs never clash and `cleanup_stale` can remove what a killed run left behind
-without touching a live one's.
+Needs root and iproute2, or pyroute2 with nsenter and unshare (`nsops`). Names carry
+the creating process's pid, so parallel runs never clash and `cleanup_stale` can
+remove what a killed run left behind without touching a live one's.
 
     with SimNetwork(nodes=2) as net:
         head, worker = net.nodes
