@@ -16,12 +16,12 @@ from orchestrator import __version__, errors
 from orchestrator.ops import logs
 from orchestrator.settings import Settings
 
-from . import benchcmd, clustercmd, democmd, doctorcmd, modelscmd, netcmd, servecmd
+from . import benchcmd, clustercmd, democmd, doctorcmd, fabriccmd, modelscmd, netcmd, servecmd
 from .exitcodes import exit_code_for
 
 log = logging.getLogger("spark_vllm")
 
-COMMANDS = (netcmd, clustercmd, servecmd, democmd, modelscmd, doctorcmd, benchcmd)
+COMMANDS = (netcmd, clustercmd, servecmd, democmd, modelscmd, doctorcmd, benchcmd, fabriccmd)
 
 
 class Parser(argparse.ArgumentParser):

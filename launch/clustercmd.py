@@ -232,12 +232,20 @@ def connect_existing(args: argparse.Namespace) -> tuple[StatusTarget, AuthPlan]:
     return target, auth
 
 
-def run_status(args: argparse.Namespace, settings: Settings) -> int:
+@contextlib.contextmanager
+def attached(args: argparse.Namespace):
+    """This process as a driver of the cluster `status` would read (its run record, or
+    discovery): yields the target and the auth plan, disconnects on the way out."""
     target, auth = connect_existing(args)
     try:
-        state = ray_node.cluster_state(args.nodes)
+        yield target, auth
     finally:
         shutdown_driver()
+
+
+def run_status(args: argparse.Namespace, settings: Settings) -> int:
+    with attached(args) as (target, auth):
+        state = ray_node.cluster_state(args.nodes)
     url = target.server_url.rstrip("/")
     health = health_state(url + "/health")
     api_key = api_key_state(url) if health == "healthy" else "unknown"

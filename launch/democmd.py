@@ -30,6 +30,9 @@ def register(sub, settings: Settings) -> None:
     p.add_argument("--loopback", action="store_true",
                    help="use loopback addresses 127.0.0.2/.3 instead of network namespaces "
                         "(the default where namespaces cannot be built, i.e. without root)")
+    p.add_argument("--gpu", action="store_true",
+                   help="the GPU simulation: one real GPU per simulated Spark (a machine with 2 GPUs), "
+                        "vLLM's CUDA engine, NCCL over the veth")
     p.set_defaults(func=run)
 
 
@@ -43,7 +46,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     try:
         with sigterm_stops():
             result = run_demo(workdir, show, args.models_dir, model_kind=args.model, timeout=args.timeout,
-                              loopback=args.loopback)
+                              loopback=args.loopback, gpu=args.gpu)
     finally:
         if not args.keep:
             shutil.rmtree(workdir, ignore_errors=True)
@@ -51,7 +54,8 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         print_json(result.to_json())
         return 0
     a, t, g = result.answers, result.timings, result.agreement
-    print(f"\nserved {result.model} at {result.url}, tensor parallel 2 over Ray across two simulated Sparks")
+    where = "two simulated Sparks, one GPU each" if args.gpu else "two simulated Sparks"
+    print(f"\nserved {result.model} at {result.url}, tensor parallel 2 over Ray across {where}")
     print(f"\nchat  > {a['chat']['prompt']}\n      < {a['chat']['answer']!r}  ({a['chat']['tokens']} tokens, {a['chat']['seconds']:.2f} s)")
     print(f"\ncompl > {a['completion']['prompt']}\n      < {a['completion']['answer']!r}  "
           f"({a['completion']['tokens']} tokens, {a['completion']['seconds']:.2f} s)")

@@ -15,6 +15,7 @@ EXIT_CODES: list[tuple[type[BaseException], int]] = [
     (errors.ClusterIncomplete, 5),
     (errors.VersionSkew, 6),
     (errors.NodeLost, 7),
+    (errors.FabricTestFailed, 15),
     (errors.ClusterError, 4),
     (errors.NotEnoughGpus, 8),
     (errors.ModelNotFound, 9),

@@ -69,6 +69,10 @@ class NodeLost(ClusterError):
     """The head (seen from a worker) or a node (seen from the head) went away."""
 
 
+class FabricTestFailed(ClusterError):
+    """`fabric-test`: the all-reduce between the nodes did not run or gave a wrong sum."""
+
+
 # --- serving: vLLM ---------------------------------------------------------------
 class ServeError(SparkVllmError):
     """vLLM could not be started or stopped serving."""

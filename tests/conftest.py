@@ -140,17 +140,18 @@ def clean_env(**extra: str) -> dict[str, str]:
 
 
 @pytest.fixture
-def cli():
+def cli(tmp_path):
     """Run `python -m launch ARGS` inside a node; `--sysfs-root` is the node's unless
-    `sysfs=False`. Returns the CompletedProcess (text)."""
+    `sysfs=False`. Run records go to the test's own folder: a node another test run left
+    on the same simulated address is not "this machine's". Returns the CompletedProcess."""
 
     def run(node: netns.SimNode, *args: str, env: dict[str, str] | None = None,
             sysfs: bool = True) -> subprocess.CompletedProcess:
         cmd, *rest = args
         flags = ["--sysfs-root", node.sysfs_root] if sysfs else []
         return node.run(sys.executable, "-m", "launch", cmd, *flags, *rest,
-                        env=clean_env(**(env or {})), capture_output=True, text=True,
-                        timeout=60, cwd=REPO)
+                        env=clean_env(SPARK_VLLM_RUN_DIR=str(tmp_path / "run"), **(env or {})),
+                        capture_output=True, text=True, timeout=60, cwd=REPO)
 
     return run
 

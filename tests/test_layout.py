@@ -16,7 +16,7 @@ from conftest import REPO
 PRODUCT = ("net", "cluster", "serve", "models", "ops")
 # A stage may import the stages before it, never one after it (discover, plan, apply,
 # cluster, serve, supervise), nor the simulation.
-ORDER = ("net", "cluster", "models", "serve", "ops")
+ORDER = ("net", "cluster", "serve", "models", "ops")
 
 
 def imported_stages(path, root=REPO) -> set[str]:

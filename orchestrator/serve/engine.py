@@ -180,7 +180,14 @@ def fill_unset(args: argparse.Namespace, par: Parallelism) -> argparse.Namespace
     return args
 
 
-def run_server(api: VllmApi, args: argparse.Namespace) -> None:
+# This process is a Ray driver when vLLM starts. On CUDA, vLLM forks its engine-core
+# process unless CUDA is already initialised; a forked child inherits the driver's Ray
+# connection half-alive and hangs in its first Ray call (creating the placement group),
+# as seen on a 2-GPU machine with vLLM 0.24. Spawned, it connects afresh.
+ENGINE_START_METHOD = ("VLLM_WORKER_MULTIPROC_METHOD", "spawn")
+
+
+def run_server(api: VllmApi, args: argparse.Namespace, environ=os.environ) -> None:
     """vLLM's OpenAI server, in this thread, until SIGTERM/SIGINT or an engine failure.
 
     vLLM replaces the SIGTERM handler (and its event loop resets it to the default
@@ -189,6 +196,7 @@ def run_server(api: VllmApi, args: argparse.Namespace) -> None:
     (vLLM writes into it), so the same arguments can start the engine again."""
     import uvloop
 
+    environ.setdefault(*ENGINE_START_METHOD)
     previous = signal.getsignal(signal.SIGTERM)
     try:
         uvloop.run(api.run_server(copy.deepcopy(args)))

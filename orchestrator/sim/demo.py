@@ -16,6 +16,7 @@ import contextlib
 import json
 import logging
 import os
+import re
 import secrets
 import subprocess
 import sys
@@ -25,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from . import netns, smollm
+from . import gpusim, netns, smollm
 from ..errors import SimulationError
 from .greedy import EXACT_FLAGS, NEAR_TIE, Agreement, hold_against_reference
 from .tinymodel import make_tiny_model
@@ -39,6 +40,12 @@ log = logging.getLogger("spark_vllm")
 # token: the padded SmolLM2 in float32 under TP 2, 2 x 30 x 2 x 64 x 4 = 30 KiB, so
 # 64 MiB hold 2184 tokens a rank; in one process (4 KV heads) 1092: both over 512.
 SIM_VLLM_FLAGS = ("--max-model-len", "512", "--max-num-seqs", "16", "--kv-cache-memory-bytes", str(64 << 20))
+# The GPU simulation (one real GPU per simulated Spark): a small KV cache, and eager
+# mode, since compiling and capturing CUDA graphs for a toy model costs more than it saves.
+# vLLM's custom all-reduce takes both simulated Sparks for one host (they share its
+# /dev/shm) and reaches for the other GPU over P2P: off, as between two real Sparks.
+GPU_VLLM_FLAGS = ("--max-model-len", "512", "--max-num-seqs", "16", "--gpu-memory-utilization", "0.2",
+                  "--enforce-eager", "--disable-custom-all-reduce")
 PORT = 8000
 MAX_TOKENS = 32
 MODELS = ("smollm2", "tiny")  # the first is the default
@@ -65,6 +72,17 @@ class DemoResult:
                 "auth": self.auth}
 
 
+# vLLM's CUDA build prefixes what its processes print, ours included once vLLM runs:
+# "(APIServer pid=7549) spark-vllm: ready: ..." (seen with vLLM 0.24 on a 2-GPU machine).
+OWN_LINE = re.compile(r"^(?:\([\w.]+ pid=\d+\) )?spark-vllm: (.*)$")
+
+
+def own_line(line: str) -> str | None:
+    """The message of a spark-vllm log line (vLLM's process prefix removed), else None."""
+    m = OWN_LINE.match(line.rstrip())
+    return m.group(1) if m else None
+
+
 @dataclass
 class NodeRun:
     """One simulated Spark's `spark-vllm serve`, its log teed to a file."""
@@ -84,11 +102,12 @@ class NodeRun:
             for line in self.proc.stdout:
                 out.write(line)
                 out.flush()
-                if line.startswith("spark-vllm:"):
-                    self.on_line(self.label, line.rstrip()[len("spark-vllm: "):])
-                    if line.startswith("spark-vllm: ready:"):
+                ours = own_line(line)
+                if ours is not None:
+                    self.on_line(self.label, ours)
+                    if ours.startswith("ready:"):
                         self.ready.set()
-                    elif line.startswith("spark-vllm: joined the cluster"):
+                    elif ours.startswith("joined the cluster"):
                         self.joined.set()
 
     def tail(self, n: int = 15) -> str:
@@ -115,10 +134,12 @@ def wait_ready(head: NodeRun, others: list[NodeRun], timeout: float, event: str 
 
 
 def start_serve(node: netns.SimNode, label: str, workdir: Path, on_line: Callable[[str, str], None],
-                *args: str, python: str = sys.executable, env: dict[str, str] | None = None) -> NodeRun:
+                *args: str, python: str = sys.executable, env: dict[str, str] | None = None,
+                mode: tuple[str, ...] = ("--simulate",)) -> NodeRun:
     """`spark-vllm serve ARGS --simulate` in a simulated Spark (also: a worker started
-    again, as a restart policy would, with `SimCluster.env()`), its log in `workdir/LABEL.log`."""
-    proc = node.popen(python, "-m", "launch", "serve", *args, "--simulate", *node.cli_flags(), env=env,
+    again, as a restart policy would, with `SimCluster.env()`), its log in `workdir/LABEL.log`.
+    `mode` () is the GPU simulation: real GPUs, no --simulate."""
+    proc = node.popen(python, "-m", "launch", "serve", *args, *mode, *node.cli_flags(), env=env,
                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1)
     return NodeRun(label, proc, workdir / f"{label}.log", on_line)
 
@@ -165,28 +186,36 @@ def simulated_sparks(nodes: int, prefix: str, loopback: bool, on_line: Callable[
 @contextlib.contextmanager
 def serving_cluster(workdir: Path, model: str, on_line: Callable[[str, str], None], nodes: int = 2,
                     flags: tuple[str, ...] = (), timeout: float = 420.0, python: str = sys.executable,
-                    prefix: str = "sparkdemo", loopback: bool = False, api_key: str | None = None):
+                    prefix: str = "sparkdemo", loopback: bool = False, api_key: str | None = None,
+                    gpu: bool = False):
     """`spark-vllm serve` on N simulated Sparks, ready; torn down on exit whatever happens.
 
     Ray token authentication is on (spark-vllm's default) with the token in `workdir`:
     the simulated Sparks share one filesystem, so the head's file is already "copied".
-    `api_key` reaches vLLM as VLLM_API_KEY (not on the command line, where `ps` shows it)."""
+    `api_key` reaches vLLM as VLLM_API_KEY (not on the command line, where `ps` shows it).
+    `gpu`: the GPU simulation (one real GPU each, vLLM's CUDA engine) instead of the CPU one."""
+    if gpu:
+        gpusim.check_gpus(nodes)
     env = {**os.environ, TOKEN_VAR: str(workdir / "ray-token")}
     with simulated_sparks(nodes, prefix, loopback, on_line) as net:
         head_node, *worker_nodes = net.nodes
         on_line("demo", f"{nodes} simulated Sparks: {', '.join(n.ip for n in net.nodes)} on {head_node.iface}")
+        if gpu:
+            on_line("demo", gpusim.describe(nodes))
+        mode = () if gpu else ("--simulate",)
 
-        def start(label, node, *args):
+        def start(label, index, node, *args):
             extra = {"VLLM_API_KEY": api_key} if api_key and label == "head" else {}
+            extra.update(gpusim.gpu_env(index) if gpu else {})
             return start_serve(node, label, workdir, on_line, *args, "--nodes", str(nodes), python=python,
-                               env={**env, **extra})
+                               env={**env, **extra}, mode=mode)
 
-        head = start("head", head_node, model, "--port", str(PORT), "--wait-timeout", "180",
-                     *SIM_VLLM_FLAGS, *flags)
+        head = start("head", 0, head_node, model, "--port", str(PORT), "--wait-timeout", "180",
+                     *(GPU_VLLM_FLAGS if gpu else SIM_VLLM_FLAGS), *flags)
         workers: list[NodeRun] = []
         try:
             for i, node in enumerate(worker_nodes, 1):
-                workers.append(start(f"worker{i}" if nodes > 2 else "worker", node, "--head-ip", head_node.ip))
+                workers.append(start(f"worker{i}" if nodes > 2 else "worker", i, node, "--head-ip", head_node.ip))
                 if nodes > 2:
                     # One at a time: several raylets registering at once on 2 cores overrun
                     # Ray's fixed 30 s startup wait (a simulation limit, not a Spark one).
@@ -200,6 +229,10 @@ def serving_cluster(workdir: Path, model: str, on_line: Callable[[str, str], Non
             # Workers leave on their own when the head goes (exit 7, what a restart policy sees).
             on_line("demo", f"stopped in {time.monotonic() - t:.1f} s: "
                             + ", ".join(f"{r.label} exit {c}" for r, c in zip(runs, codes)))
+            if isinstance(net, netns.SimNetwork):  # before the teardown kills what is left
+                left = sum(len(p) for p in netns.wait_empty(net.namespaces).values())
+                on_line("demo", f"{left} process(es) left in the simulated Sparks" if left
+                        else "nothing left running in the simulated Sparks")
 
 
 def demo_model(kind: str, workdir: Path, models_dir: Path) -> tuple[str, str]:
@@ -213,7 +246,7 @@ def demo_model(kind: str, workdir: Path, models_dir: Path) -> tuple[str, str]:
 
 
 def run_demo(workdir: Path, on_line: Callable[[str, str], None], models_dir: Path, model_kind: str = MODELS[0],
-             timeout: float = 420.0, python: str = sys.executable, loopback: bool = False) -> DemoResult:
+             timeout: float = 420.0, python: str = sys.executable, loopback: bool = False, gpu: bool = False) -> DemoResult:
     """The demo; raises SimulationError (with the relevant log lines) on any failure,
     including a TP 2 answer that single-process generation contradicts."""
     timings: dict[str, float] = {}
@@ -225,7 +258,7 @@ def run_demo(workdir: Path, on_line: Callable[[str, str], None], models_dir: Pat
     flags = (*EXACT_FLAGS, "--served-model-name", name)
     api_key = secrets.token_urlsafe(24)  # this run's own; never shown
     with serving_cluster(workdir, path, on_line, flags=flags, timeout=timeout, python=python,
-                         loopback=loopback, api_key=api_key) as sim:
+                         loopback=loopback, api_key=api_key, gpu=gpu) as sim:
         timings["cluster_and_engine"] = time.monotonic() - t1
         t2 = time.monotonic()
         out = sim.client().run(python, "-m", "orchestrator.sim.client", sim.url, name,
@@ -240,7 +273,7 @@ def run_demo(workdir: Path, on_line: Callable[[str, str], None], models_dir: Pat
     # After the cluster is gone: the reference engine then has the machine to itself.
     on_line("demo", "the same prompts through vLLM in one process (no Ray, no TP), to compare")
     t4 = time.monotonic()
-    agreement = hold_against_reference(path, answers, MAX_TOKENS, (*SIM_VLLM_FLAGS, *EXACT_FLAGS), workdir,
+    agreement = hold_against_reference(path, answers, MAX_TOKENS, (*(GPU_VLLM_FLAGS if gpu else SIM_VLLM_FLAGS), *EXACT_FLAGS), workdir,
                                        python=python)
     timings["single_process"] = time.monotonic() - t4
     if not agreement.only_near_ties(NEAR_TIE):

@@ -11,9 +11,9 @@ bridge in a hub namespace (a switch). Everything is removed on exit, whatever
 happens: processes left in the namespaces are killed first, since a namespace with a
 live process outlives `ip netns del`.
 
-Needs root and iproute2 only. Names carry the creating process's pid, so parallel
-runs never clash and `cleanup_stale` can remove what a killed run left behind
-without touching a live one's.
+Needs root and iproute2, or pyroute2 with nsenter and unshare (`nsops`). Names carry
+the creating process's pid, so parallel runs never clash and `cleanup_stale` can
+remove what a killed run left behind without touching a live one's.
 
     with SimNetwork(nodes=2) as net:
         head, worker = net.nodes
@@ -39,10 +39,10 @@ from typing import Callable
 import psutil
 
 from ..errors import SimulationError
+from . import nsops
+from .nsops import HINT, list_namespaces, namespace_pids as pids
 
 log = logging.getLogger("spark_vllm")
-
-HINT = "simulated Sparks need root and iproute2 (`ip netns`, veth)"
 
 
 @dataclass(frozen=True)
@@ -67,13 +67,6 @@ MANAGEMENT_GATEWAY = "10.20.0.1"
 LIVE_ATTRS = ("operstate", "flags", "mtu", "carrier", "address")
 
 
-def _ip(*args: str) -> str:
-    r = subprocess.run(["ip", *args], capture_output=True, text=True)
-    if r.returncode:
-        raise SimulationError(f"ip {' '.join(args)} failed: {r.stderr.strip()}", HINT)
-    return r.stdout
-
-
 @dataclass(frozen=True)
 class SimNode:
     """One port of one simulated Spark: where it lives and how to reach into it."""
@@ -85,14 +78,16 @@ class SimNode:
     prefixlen: int
     sysfs_root: str
     roce_device: str | None = None
+    # How a command enters the namespace with its own /sys (`ip netns exec`, or nsenter+unshare).
+    exec_prefix: tuple[str, ...] = ()
 
     @property
     def cidr(self) -> str:
         return f"{self.ip}/{self.prefixlen}"
 
     def argv(self, *cmd: str) -> list[str]:
-        """`cmd` run inside this node's namespace."""
-        return ["ip", "netns", "exec", self.netns, *cmd]
+        """`cmd` run inside this node's namespace (exec'd: the pid is the command's own)."""
+        return [*(self.exec_prefix or ("ip", "netns", "exec", self.netns)), *cmd]
 
     def run(self, *cmd: str, **kwargs) -> subprocess.CompletedProcess:
         return subprocess.run(self.argv(*cmd), **kwargs)
@@ -167,12 +162,13 @@ class SimNetwork:
     """N simulated Sparks; a context manager that always tears them down."""
 
     def __init__(self, nodes: int = 2, prefix: str = "svsim", mtu: int = 1500,
-                 kill_grace_s: float = 2.0) -> None:
+                 kill_grace_s: float = 2.0, backend: str | None = None) -> None:
         if nodes < 1:
             raise SimulationError(f"nodes={nodes}: a simulated cluster needs at least one node")
         if not re.fullmatch(r"[A-Za-z][A-Za-z0-9_]*", prefix):
             raise SimulationError(f"prefix {prefix!r} must be letters, digits and _", "e.g. prefix='svtest'")
         self.size, self.prefix, self.mtu, self.kill_grace_s = nodes, prefix, mtu, kill_grace_s
+        self.ops = nsops.ops_for(backend)  # `ip`, else pyroute2 (machines without iproute2)
         self.tag = f"{prefix}-{os.getpid()}-{secrets.token_hex(3)}"
         self.namespaces = tuple(f"{self.tag}-n{i}" for i in range(nodes))
         self.hub = f"{self.tag}-hub" if nodes > 2 else None
@@ -197,8 +193,7 @@ class SimNetwork:
         self._tmp = tempfile.mkdtemp(prefix=f"{self.tag}-")
         for ns in self.namespaces + ((self.hub,) if self.hub else ()):
             self._created.append(ns)  # first: Ctrl-C right after `add` must not leak it
-            _ip("netns", "add", ns)
-            _ip("-n", ns, "link", "set", "lo", "up")
+            self.ops.add_netns(ns)
         for i in range(self.size):
             Path(self.sysfs_root(i), "class", "infiniband").mkdir(parents=True)
             Path(self.sysfs_root(i), "class", "net").mkdir(parents=True)
@@ -217,33 +212,31 @@ class SimNetwork:
         """
         k, self._ports = self._ports, self._ports + 1
 
-        def index(i: int, hub: bool = False) -> str:  # node i's end of port k
-            return str((10000 if hub else 0) + 100 * (i + 1) + k)
+        def index(i: int, hub: bool = False) -> int:  # node i's end of port k
+            return (10000 if hub else 0) + 100 * (i + 1) + k
 
+        ops = self.ops
         if self.size == 2:  # one cable: both ends created straight in their namespaces
-            _ip("-n", self.namespaces[0], "link", "add", port.iface, "index", index(0), "type", "veth",
-                "peer", "name", port.iface, "index", index(1), "netns", self.namespaces[1])
+            ops.add_veth(self.namespaces[0], port.iface, index(0), port.iface, index(1), self.namespaces[1])
         elif self.hub:  # a switch: one bridge per port kind, one veth per node
             bridge = f"br{k}"
-            _ip("-n", self.hub, "link", "add", bridge, "type", "bridge")
-            _ip("-n", self.hub, "link", "set", bridge, "up")
+            ops.add_bridge(self.hub, bridge)
+            ops.set_link(self.hub, bridge, up=True)
             for i, ns in enumerate(self.namespaces):
                 hub_end = f"h{k}n{i}"
-                _ip("-n", self.hub, "link", "add", hub_end, "index", index(i, hub=True), "mtu",
-                    str(self.mtu), "type", "veth", "peer", "name", port.iface, "index", index(i), "netns", ns)
-                _ip("-n", self.hub, "link", "set", hub_end, "master", bridge, "up")
+                ops.add_veth(self.hub, hub_end, index(i, hub=True), port.iface, index(i), ns)
+                ops.set_link(self.hub, hub_end, mtu=self.mtu, master=bridge, up=True)
         else:  # a lone node: the far end stays in the node, so the link is still up
-            _ip("-n", self.namespaces[0], "link", "add", port.iface, "index", index(0), "type", "veth",
-                "peer", "name", f"peer{k}", "index", index(0, hub=True))
-            _ip("-n", self.namespaces[0], "link", "set", f"peer{k}", "up")
+            ops.add_veth(self.namespaces[0], port.iface, index(0), f"peer{k}", index(0, hub=True), None)
+            ops.set_link(self.namespaces[0], f"peer{k}", up=True)
         nodes = []
         for i, ns in enumerate(self.namespaces):
             node = SimNode(i, ns, port.iface, f"{port.subnet}.{10 + i}", port.prefixlen,
-                           self.sysfs_root(i), port.roce_device)
-            _ip("-n", ns, "link", "set", port.iface, "mtu", str(self.mtu))
+                           self.sysfs_root(i), port.roce_device, ops.exec_prefix(ns))
+            ops.set_link(ns, port.iface, mtu=self.mtu)
             if address:
                 self.add_address(node)
-            _ip("-n", ns, "link", "set", port.iface, "up")
+            ops.set_link(ns, port.iface, up=True)
             self._write_sysfs(node, port)
             nodes.append(node)
         self.wait_settled()
@@ -264,20 +257,20 @@ class SimNetwork:
         """`ip link set IF up|down` in the node, then wait until every end of the cable
         shows it: the kernel applies operstate changes up to a second late
         (linkwatch), and a reader must not see the old state."""
-        _ip("-n", node.netns, "link", "set", node.iface, "up" if up else "down")
+        self.ops.set_link(node.netns, node.iface, up=up)
         self.wait_settled()
 
     def add_address(self, node: SimNode, cidr: str | None = None) -> None:
-        _ip("-n", node.netns, "addr", "add", cidr or node.cidr, "dev", node.iface)
+        self.ops.address(node.netns, node.iface, cidr or node.cidr)
 
     def remove_address(self, node: SimNode, cidr: str | None = None) -> None:
-        _ip("-n", node.netns, "addr", "del", cidr or node.cidr, "dev", node.iface)
+        self.ops.address(node.netns, node.iface, cidr or node.cidr, add=False)
 
     def wait_settled(self, timeout_s: float = 5.0) -> None:
         """Until every link's operstate agrees with its carrier (UP iff LOWER_UP)."""
         deadline = time.monotonic() + timeout_s
         while True:
-            pending = [f"{ns}:{name}" for ns in self._created for name, flags, state in _links(ns)
+            pending = [f"{ns}:{name}" for ns in self._created for name, flags, state in self.ops.links(ns)
                        if state != "UNKNOWN" and ("LOWER_UP" in flags) != (state == "UP")]
             if not pending:
                 return
@@ -294,7 +287,7 @@ class SimNetwork:
         nodes = self._connect(MANAGEMENT)
         if default_route:
             for n in nodes:
-                _ip("-n", n.netns, "route", "add", "default", "via", MANAGEMENT_GATEWAY, "dev", n.iface)
+                self.ops.default_route(n.netns, MANAGEMENT_GATEWAY, n.iface)
         return nodes
 
     # --- tearing down -----------------------------------------------------------
@@ -305,7 +298,7 @@ class SimNetwork:
         re-raised once everything is gone.
         """
         steps: list[tuple[str, Callable[[], None]]] = [
-            (f"namespace {ns}", lambda ns=ns: remove_namespace(ns, self.kill_grace_s)) for ns in reversed(self._created)
+            (f"namespace {ns}", lambda ns=ns: remove_namespace(ns, self.kill_grace_s, self.ops)) for ns in reversed(self._created)
         ]
         if self._tmp:
             steps.append((f"directory {self._tmp}", lambda d=self._tmp: shutil.rmtree(d)))
@@ -328,22 +321,22 @@ class SimNetwork:
 
 
 # --- module helpers ---------------------------------------------------------------
-def available() -> str | None:
-    """Why namespaces cannot be built here, or None when they can."""
-    if os.geteuid() != 0:
-        return "network namespaces need root"
-    if shutil.which("ip") is None:
-        return "iproute2's `ip` command is not installed"
-    return None
+def available(backend: str | None = None) -> str | None:
+    """Why namespaces cannot be built here (with `backend`, default `ip` where it is
+    installed, else pyroute2), or None when they can."""
+    return nsops.unavailable(backend or ("ip" if shutil.which("ip") else "pyroute2"))
 
 
-def list_namespaces(prefix: str = "") -> list[str]:
-    out = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
-    names = [line.split()[0] for line in out.splitlines() if line.strip()]
-    return sorted(n for n in names if n.startswith(prefix))
+def wait_empty(namespaces: tuple[str, ...], timeout_s: float = 15.0) -> dict[str, list[int]]:
+    """The pids still in each namespace once all are empty or `timeout_s` passed
+    (processes stopped by SIGTERM take a moment to go)."""
+    deadline = time.monotonic() + timeout_s
+    while any((left := {ns: pids(ns) for ns in namespaces}).values()) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return left
 
 
-def remove_namespace(ns: str, grace_s: float = 2.0) -> None:
+def remove_namespace(ns: str, grace_s: float = 2.0, ops: nsops.NsOps | None = None) -> None:
     """SIGTERM the processes inside `ns`, SIGKILL those still there after `grace_s`,
     then delete it (if it exists)."""
     for sig, wait in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 1.0)):
@@ -360,7 +353,7 @@ def remove_namespace(ns: str, grace_s: float = 2.0) -> None:
         if not left:
             break
     if ns in list_namespaces(ns):
-        _ip("netns", "del", ns)
+        (ops or nsops.ops_for(None)).del_netns(ns)
 
 
 def kill_processes(ns: str, timeout: float = 10.0) -> None:
@@ -374,23 +367,6 @@ def kill_processes(ns: str, timeout: float = 10.0) -> None:
             except ProcessLookupError:
                 pass
         time.sleep(0.1)
-
-
-def _links(ns: str) -> list[tuple[str, set[str], str]]:
-    """(name, flags, operstate) of each link in `ns`, from `ip -o link`."""
-    rows = []
-    for line in _ip("-n", ns, "-o", "link", "show").splitlines():
-        m = re.match(r"\d+: ([^:@]+)(?:@\S+)?: <([^>]*)>.* state (\S+)", line)
-        if m:
-            rows.append((m.group(1), set(m.group(2).split(",")), m.group(3)))
-    return rows
-
-
-def pids(ns: str) -> list[int]:
-    # Zombies are not listed (their /proc/PID/ns/net is gone), so a parent that has
-    # not reaped a child does not make this wait.
-    r = subprocess.run(["ip", "netns", "pids", ns], capture_output=True, text=True)
-    return [int(p) for p in r.stdout.split()]
 
 
 def cleanup_stale(prefix: str = "svsim") -> list[str]:

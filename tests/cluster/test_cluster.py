@@ -300,6 +300,26 @@ def test_doctor_on_the_running_cluster(cluster):
     assert got["Ray ports"]["status"] == "skip"  # held by our own node, not a conflict
 
 
+def test_fabric_test_with_gloo_between_the_nodes(cluster):
+    """`fabric-test` on the shared cluster (here, not in tests/ops, to reuse its Ray
+    nodes): Gloo (no CUDA), one rank a node over enp1s0f1np1, a sweep of sizes."""
+    s, _, _ = cluster
+    r = s.cli(s.worker_node, "fabric-test", "--json", "--sizes", "4K,1M", "--iters", "3", "--warmup", "1",
+              timeout=180)
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert (out["backend"], out["world_size"], out["nodes"], out["master"]) == ("gloo", 2, [HEAD_IP, WORKER_IP], HEAD_IP)
+    assert [row["size_bytes"] for row in out["results"]] == [4096, 1 << 20]
+    for row in out["results"]:
+        assert row["algbw_gbps"] > 0 and row["busbw_gbps"] == pytest.approx(row["algbw_gbps"], rel=0.01)  # 2(n-1)/n = 1
+    assert [rank["env"]["GLOO_SOCKET_IFNAME"] for rank in out["ranks"]] == ["enp1s0f1np1"] * 2
+    assert out["verdict"]["status"] == "not-comparable" and out["verdict"]["link_gbps"] == 25
+    r = s.cli(s.head_node, "fabric-test", "--sizes", "64K", "--iters", "2", timeout=180)  # the table
+    assert r.returncode == 0, r.stderr
+    assert "backend gloo, 2 ranks" in r.stdout and "NOT-COMPARABLE" in r.stdout
+    assert next(line for line in r.stdout.splitlines() if line.startswith("64K"))
+
+
 def test_stop_worker_then_head_leaves_nothing(cluster):
     """Last of the shared cluster: `stop` in each namespace (the worker's with no
     options at all), both exit 0, all gone."""

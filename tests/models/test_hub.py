@@ -34,7 +34,8 @@ def hub(tmp_path_factory):
 
 @pytest.fixture
 def access(hub, tmp_path, monkeypatch):
-    monkeypatch.delenv("HF_TOKEN", raising=False)
+    for var in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN"):  # (conftest plants both, for the secret scan)
+        monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("HF_HOME", str(tmp_path / "home"))  # no stored login from this machine
     return HubAccess(endpoint=hub[0], cache_dir=str(tmp_path / "cache"))
 

@@ -26,7 +26,8 @@ def hub(tmp_path_factory):
 @pytest.fixture
 def head_server(hub, tmp_path, monkeypatch):
     """The head's cache holds tiny/llama (from the Hub); its SnapshotServer serves it."""
-    monkeypatch.delenv("HF_TOKEN", raising=False)
+    for var in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN"):  # (conftest plants both, for the secret scan)
+        monkeypatch.delenv(var, raising=False)
     monkeypatch.delenv("HF_HUB_CACHE", raising=False)
     monkeypatch.setenv("HF_HOME", str(tmp_path / "head"))
     report = fetch_here("tiny/llama", HubAccess.from_env({"HF_HOME": str(tmp_path / "head"), "HF_ENDPOINT": hub}),

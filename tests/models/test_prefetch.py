@@ -44,7 +44,8 @@ def sparks(tmp_path_factory):
                           SPARK_VLLM_RUN_DIR=str(tmp / f"run{i}"), HF_HUB_DISABLE_PROGRESS_BARS="1")
                 for i in range(2)]
         for env in envs:
-            env.pop("HF_TOKEN", None)
+            for var in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN"):  # conftest plants both
+                env.pop(var, None)
         try:
             yield net, envs, tmp
         finally:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -110,3 +111,44 @@ def test_bad_arguments_are_refused_before_touching_the_system():
         netns.SimNetwork(prefix="has-dash")
     with pytest.raises(SimulationError, match="at least one node"):
         netns.SimNetwork(nodes=0)
+
+
+# --- the pyroute2 path (machines without iproute2, such as the GPU machine) ----------
+@pytest.fixture
+def pyroute2_ok(netns_ok):
+    reason = netns.available("pyroute2")
+    if reason:
+        pytest.skip(reason)
+
+
+def test_pyroute2_pair_with_its_own_sys_and_discovery(pyroute2_ok, cli):
+    with netns.SimNetwork(nodes=2, prefix=PREFIX, mtu=9000, backend="pyroute2") as net:
+        a, b = net.nodes
+        namespaces = net.namespaces
+        assert a.argv("true")[:2] == ["nsenter", f"--net=/var/run/netns/{a.netns}"]
+        assert tcp_reply(b, a, b.ip) == "192.168.100.11"
+        # /sys is the namespace's own (as under `ip netns exec`), not the host's.
+        ls = a.run("ls", "/sys/class/net", capture_output=True, text=True)
+        assert ls.stdout.split() == ["enp1s0f1np1", "lo"], ls.stderr
+        out = json.loads(cli(b, "net", "--json").stdout)
+        assert out["chosen"]["name"] == "enp1s0f1np1" and out["chosen"]["ipv4"] == "192.168.100.11"
+        port = next(i for i in out["interfaces"] if i["name"] == "enp1s0f1np1")
+        assert (port["mtu"], port["speed_mbps"], port["roce_devices"]) == (9000, 200000, ["rocep1s0f1"])
+        net.set_link(a, up=False)  # settles through pyroute2's link table
+        assert {name: state for name, _, state in net.ops.links(b.netns)}["enp1s0f1np1"] != "UP"
+        net.set_link(a, up=True)
+        assert netns.pids(a.netns) == []
+    assert not set(namespaces) & set(netns.list_namespaces(PREFIX))
+
+
+def test_pyroute2_switch_and_management(pyroute2_ok):
+    with netns.SimNetwork(nodes=3, prefix=PREFIX, backend="pyroute2") as net:
+        mgmt = net.add_management()
+        assert tcp_reply(net.nodes[2], net.nodes[0], "192.168.100.12") == "192.168.100.12"
+        assert tcp_reply(mgmt[1], mgmt[0], "10.20.0.11") == "10.20.0.11"
+        sleeper = net.nodes[1].popen("sleep", "300")
+        deadline = time.monotonic() + 5
+        while not netns.pids(net.nodes[1].netns) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert sleeper.pid in netns.pids(net.nodes[1].netns)  # nsenter/unshare/sh exec: the pid is sleep's
+    assert sleeper.wait(timeout=5) is not None

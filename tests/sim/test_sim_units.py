@@ -131,3 +131,16 @@ def test_tiny_model_fills_an_empty_directory(tmp_path, tiny):
     target = tmp_path / "empty"
     target.mkdir()
     assert tinymodel.is_complete(tinymodel.make_tiny_model(target))
+
+
+@pytest.mark.parametrize("line,want", [
+    ("spark-vllm: ready: http://x/v1 serves m\n", "ready: http://x/v1 serves m"),
+    # vLLM's CUDA build prefixes its processes' output (seen with 0.24 on two GPUs)
+    ("(APIServer pid=7549) spark-vllm: ready: http://x/v1\n", "ready: http://x/v1"),
+    ("(APIServer pid=7549) INFO 11-24 [api.py:1] spark-vllm: not ours\n", None),
+    ("INFO something\n", None),
+])
+def test_demo_reads_its_own_lines_through_vllms_prefix(line, want):
+    from orchestrator.sim.demo import own_line
+
+    assert own_line(line) == want
