@@ -148,6 +148,7 @@ def test_sigterm_under_load_lets_accepted_requests_finish(served):
     assert sim.head.proc.wait(60) == 0, sim.head.tail(30)
     TIMINGS.append(f"SIGTERM under load: 4 requests finished, head exited 0 after {time.monotonic() - t0:.1f} s")
     deadline = time.monotonic() + 10  # the head's last lines, still in the pipe
-    while "stopped" not in (after := head_lines(served)[before:]) and time.monotonic() < deadline:
+    stopping = "stopping this Spark's Ray node"
+    while stopping not in (after := head_lines(served)[before:]) and time.monotonic() < deadline:
         time.sleep(0.2)
-    assert "stopped" in after and not any("lost" in line or "restart" in line for line in after), after
+    assert stopping in after and not any("lost" in line or "restart" in line for line in after), after
