@@ -16,12 +16,13 @@ from orchestrator import __version__, errors
 from orchestrator.ops import logs
 from orchestrator.settings import Settings
 
-from . import benchcmd, clustercmd, democmd, doctorcmd, fabriccmd, modelscmd, netcmd, servecmd
+from . import (benchcmd, clustercmd, containercmd, democmd, doctorcmd, fabriccmd, healthcmd, modelscmd, netcmd,
+               servecmd)
 from .exitcodes import exit_code_for
 
 log = logging.getLogger("spark_vllm")
 
-COMMANDS = (netcmd, clustercmd, servecmd, democmd, modelscmd, doctorcmd, benchcmd, fabriccmd)
+COMMANDS = (netcmd, clustercmd, servecmd, democmd, modelscmd, doctorcmd, benchcmd, fabriccmd, containercmd, healthcmd)
 
 
 class Parser(argparse.ArgumentParser):

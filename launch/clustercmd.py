@@ -91,7 +91,16 @@ def node_request(args: argparse.Namespace) -> NodeRequest:
     )
 
 
-def make_plan(args: argparse.Namespace) -> NodePlan:
+def log_start_summary(args: argparse.Namespace, settings: Settings) -> None:
+    """One line: what this run uses and where each value came from (flag, env or default)."""
+    names = ("model", "head_ip", "iface", "node_ip", "token_file", "simulate")
+    chosen = {n: getattr(args, n) for n in names if hasattr(args, n)}
+    log.info("settings: %s", ", ".join(f"{n.replace('_', '-')}={'yes' if v is True else v or '-'} ({src})"
+                                         for n, v, src in settings.sources(chosen)))
+
+
+def make_plan(args: argparse.Namespace, settings: Settings) -> NodePlan:
+    log_start_summary(args, settings)
     found = discover_here(args)
     return plan_node(node_request(args), found, os.environ)
 
@@ -155,7 +164,7 @@ def form_cluster(plan: NodePlan, node, address: str) -> ClusterState:
 
 
 def run_head(args: argparse.Namespace, settings: Settings) -> int:
-    plan = make_plan(args)
+    plan = make_plan(args, settings)
     if plan.role != "head":
         raise UsageError(f"this machine is not the head: --head-ip {plan.cluster.head_ip} is another machine's address",
                          "run `spark-vllm worker` here, or leave --head-ip out")
@@ -169,7 +178,7 @@ def run_head(args: argparse.Namespace, settings: Settings) -> int:
 def run_worker(args: argparse.Namespace, settings: Settings) -> int:
     if not args.head_ip:
         raise UsageError("`worker` needs --head-ip (or SPARK_VLLM_HEAD_IP)", "e.g. --head-ip 192.168.100.10")
-    plan = make_plan(args)
+    plan = make_plan(args, settings)
     if plan.role != "worker":
         raise UsageError(f"--head-ip {args.head_ip} is this machine's own address", "run `spark-vllm head` here")
     return run_worker_plan(plan)

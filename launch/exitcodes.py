@@ -24,6 +24,7 @@ EXIT_CODES: list[tuple[type[BaseException], int]] = [
     (errors.ServeError, 10),
     (errors.SimulationError, 11),
     (errors.PreflightFailed, 14),
+    (errors.ContainerError, 16),
     (errors.SparkVllmError, 1),
 ]
 

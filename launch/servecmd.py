@@ -35,7 +35,8 @@ def register(sub, settings: Settings) -> None:
         "serve", help="form the cluster and serve MODEL with vLLM (any `vllm serve` flag passes through)",
         usage="spark-vllm serve [MODEL] [spark-vllm options] [vllm serve flags]",
     )
-    p.add_argument("model", nargs="?", help="model path or Hugging Face id (optional on a worker)")
+    p.add_argument("model", nargs="?", default=settings.model,
+                   help="model path or Hugging Face id (env SPARK_VLLM_MODEL; not used on a worker)")
     add_network_options(p, settings)
     add_cluster_options(p, settings)
     modelscmd.add_model_options(p, settings)
@@ -77,7 +78,7 @@ def run_serve(args: argparse.Namespace, settings: Settings) -> int:
     if args.simulate:
         # Before vLLM is imported: it chooses its platform (the simulation's plugin) once.
         os.environ[SIMULATE_VAR] = "1"
-    plan = make_plan(args)
+    plan = make_plan(args, settings)
     if plan.role == "worker":
         if args.extra:
             log.info("on a worker the vLLM flags are not used (the head runs the server)")
@@ -144,4 +145,5 @@ def run_serve(args: argparse.Namespace, settings: Settings) -> int:
             recovery.RecoveryPolicy(args.exit_on_node_loss, args.rejoin_timeout), vargs.host, vargs.port,
             dead=node.dead_processes if node else list,
             on_recovering=on_recovering)
+        log.info("vLLM's server stopped")  # it drained on SIGTERM itself; the node goes next
     return 0

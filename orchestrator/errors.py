@@ -132,6 +132,11 @@ class PreflightFailed(SparkVllmError):
     """`spark-vllm doctor` found a check failing."""
 
 
+# --- the host launcher: Docker ---------------------------------------------------
+class ContainerError(SparkVllmError):
+    """Docker is missing, its daemon is down or unreachable, or a docker command failed."""
+
+
 # --- simulation (demo, tests) ----------------------------------------------------
 class SimulationError(SparkVllmError):
     """The simulated Sparks (namespaces, tiny model) could not be built."""

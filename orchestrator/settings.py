@@ -25,6 +25,7 @@ class Settings:
     sysfs_root: str = "/sys"  # SPARK_VLLM_SYSFS_ROOT
     simulate: bool = False  # SPARK_VLLM_SIMULATE=1
     token_file: str | None = None  # SPARK_VLLM_TOKEN_FILE
+    model: str | None = None  # SPARK_VLLM_MODEL (serve's MODEL)
     gpu_memory: str | None = None  # SPARK_VLLM_GPU_MEMORY, e.g. 128G
     no_auth: bool = False  # SPARK_VLLM_NO_AUTH=1
     log_format: str = "text"  # SPARK_VLLM_LOG_FORMAT
@@ -40,9 +41,20 @@ class Settings:
             sysfs_root=environ.get("SPARK_VLLM_SYSFS_ROOT") or "/sys",
             simulate=env_flag(environ.get("SPARK_VLLM_SIMULATE")),
             token_file=environ.get("SPARK_VLLM_TOKEN_FILE") or None,
+            model=environ.get("SPARK_VLLM_MODEL") or None,
             gpu_memory=environ.get("SPARK_VLLM_GPU_MEMORY") or None,
             no_auth=env_flag(environ.get("SPARK_VLLM_NO_AUTH")),
             log_format=environ.get("SPARK_VLLM_LOG_FORMAT") or "text",
             log_dir=environ.get("SPARK_VLLM_LOG_DIR") or None,
             serving=env_flag(environ.get("SPARK_VLLM_SERVING")),
         )
+
+    def sources(self, chosen: Mapping[str, object]) -> list[tuple[str, object, str]]:
+        """Pure: (name, value, "flag" | "env" | "default") for each chosen setting, for the
+        start summary. A value equal to the variable's is reported as coming from it."""
+        out = []
+        for name, value in chosen.items():
+            env = getattr(self, name, None)
+            source = "default" if value in (None, False) else "env" if value == env else "flag"
+            out.append((name, value, source))
+        return out

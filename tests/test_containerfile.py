@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 from conftest import REPO
 
-INSTRUCTIONS = {"FROM", "ARG", "RUN", "COPY", "ENV", "ENTRYPOINT", "CMD", "WORKDIR", "LABEL", "USER"}
+INSTRUCTIONS = {"FROM", "ARG", "RUN", "COPY", "ENV", "ENTRYPOINT", "CMD", "WORKDIR", "LABEL", "USER", "HEALTHCHECK"}
 
 
 def instructions() -> list[tuple[str, str]]:
@@ -37,3 +37,9 @@ def test_entrypoint_is_spark_vllm_and_image_packages_are_kept():
     assert any("--no-deps /opt/spark-vllm" in r for r in runs)
     assert not any("vllm" in r.replace("spark-vllm", "") for r in runs)  # the image's vLLM stays
     assert any("ray[default]" in r for r in runs)
+
+
+def test_healthcheck_is_spark_vllm_health():
+    steps = dict(instructions())
+    assert steps["HEALTHCHECK"].endswith('CMD ["spark-vllm", "health"]')
+    assert 'ARG BASE=nvcr.io/nvidia/vllm:25.11-py3' in (REPO / "Containerfile").read_text()

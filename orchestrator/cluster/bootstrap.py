@@ -22,6 +22,11 @@ from ..net.plan import NetworkPlan, plan_network
 log = logging.getLogger("spark_vllm")
 
 SIMULATE_VAR = "SPARK_VLLM_SIMULATE"
+# `ray job stop` sends SIGTERM to every process of the job at once, then SIGKILL after
+# this many seconds (Ray's default is 3). The job supervisor runs on the head and
+# inherits the raylet's environment: 60 s covers serve's drain (--shutdown-timeout 30)
+# and the teardown.
+JOB_STOP_WAIT = {"RAY_JOB_STOP_WAIT_TIME_S": "60"}
 
 
 @dataclass(frozen=True)
@@ -52,7 +57,7 @@ class NodePlan:
 
 
 def plan_node(req: NodeRequest, discovery: Discovery, environ: Mapping[str, str]) -> NodePlan:
-    extra = {**req.ray_env, **({SIMULATE_VAR: "1"} if req.simulate else {})}
+    extra = {**JOB_STOP_WAIT, **req.ray_env, **({SIMULATE_VAR: "1"} if req.simulate else {})}
     network = plan_network(discovery, environ, iface=req.iface, head_ip=req.head_ip,
                            force=req.force, extra=extra, node_ip=req.node_ip)
     base = req.cluster or ClusterOptions(node_ip="", head_ip="")

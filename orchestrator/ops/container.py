@@ -1,0 +1,122 @@
+"""The host launcher: the `docker run` command multi-node vLLM needs on a DGX Spark,
+planned as a value (`plan_run`, pure), and the checks that Docker can be used.
+
+Replaces the playbook's `run_cluster.sh`. The container runs under `--init` (Docker's
+tini as PID 1): it forwards SIGTERM/SIGINT to spark-vllm and reaps the orphans Ray
+leaves behind, so spark-vllm itself never has to be an init.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from dataclasses import dataclass
+from typing import Mapping
+
+from ..errors import ContainerError, UsageError
+
+DEFAULT_IMAGE = "spark-vllm"
+DEFAULT_NAME = "spark-vllm"
+HF_CACHE_IN_CONTAINER = "/root/.cache/huggingface"
+# Ray's token file (token auth is on by default) lives in ~/.ray/auth_token: mounted, so
+# the head's token reaches the host (to copy to the other Spark) and survives restarts.
+RAY_DIR_IN_CONTAINER = "/root/.ray"
+# Passed by name only (`-e NAME`): docker copies the value from the caller's
+# environment, so a secret never appears in the command line or in `--dry-run`.
+SECRETS = ("HF_TOKEN", "RAY_AUTH_TOKEN")
+GROUP_FIX = "sudo usermod -aG docker $USER; newgrp docker"
+
+
+@dataclass(frozen=True)
+class HostFacts:
+    """What the host has, read by `host_facts`; plain data for the plan."""
+
+    infiniband: bool  # /dev/infiniband exists (RoCE verbs for NCCL)
+    hf_cache: str  # the host's Hugging Face cache folder
+    ray_dir: str = ""  # the host's ~/.ray (Ray's token file); "" to mount none
+    secrets_set: tuple[str, ...] = ()  # which of SECRETS are set (names only)
+
+
+@dataclass(frozen=True)
+class RunRequest:
+    head_ip: str | None  # None on the head itself (--head) unless given
+    worker: bool
+    image: str = DEFAULT_IMAGE
+    name: str = DEFAULT_NAME
+    serve_args: tuple[str, ...] = ()  # MODEL and vLLM flags, as given
+    env: tuple[tuple[str, str], ...] = ()  # SPARK_VLLM_* to pass on
+    shm_size: str = "16g"
+    restart: str = "unless-stopped"
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    name: str
+    image: str
+    options: tuple[str, ...]
+    command: tuple[str, ...]
+
+    def argv(self) -> list[str]:
+        return ["docker", "run", *self.options, self.image, *self.command]
+
+
+def plan_run(req: RunRequest, host: HostFacts) -> RunPlan:
+    """Pure: the `docker run` of one Spark."""
+    if req.worker and not req.head_ip:
+        raise UsageError("--worker needs the head's address", "e.g. --worker 192.168.100.10")
+    opts = ["-d", "--name", req.name, "--init", "--restart", req.restart,
+            "--gpus", "all", "--network", "host", "--ipc", "host", "--shm-size", req.shm_size,
+            "--ulimit", "memlock=-1", "--ulimit", "stack=67108864"]
+    if host.infiniband:
+        opts += ["--device", "/dev/infiniband", "--cap-add", "IPC_LOCK"]
+    opts += ["-v", f"{host.hf_cache}:{HF_CACHE_IN_CONTAINER}"]
+    if host.ray_dir:
+        opts += ["-v", f"{host.ray_dir}:{RAY_DIR_IN_CONTAINER}"]
+    env = dict(req.env)
+    if req.head_ip:
+        env["SPARK_VLLM_HEAD_IP"] = req.head_ip
+    for k, v in sorted(env.items()):
+        opts += ["-e", f"{k}={v}"]
+    for name in host.secrets_set:
+        opts += ["-e", name]
+    command = ("worker",) if req.worker else ("serve", *req.serve_args)
+    return RunPlan(req.name, req.image, tuple(opts), command)
+
+
+def host_facts(environ: Mapping[str, str]) -> HostFacts:
+    import os
+
+    home = environ.get("HOME", "/root")
+    cache = environ.get("HF_HOME") or f"{home}/.cache/huggingface"
+    return HostFacts(os.path.isdir("/dev/infiniband"), cache, f"{home}/.ray",
+                     tuple(s for s in SECRETS if environ.get(s)))
+
+
+def diagnose(stderr: str) -> ContainerError:
+    """Pure: `docker info`'s failure as one error with its fix."""
+    text = stderr.strip()
+    if "permission denied" in text.lower():
+        return ContainerError("this user cannot reach the Docker daemon's socket (permission denied)",
+                              f"add yourself to the docker group: {GROUP_FIX}")
+    if "Cannot connect to the Docker daemon" in text or "Is the docker daemon running" in text:
+        return ContainerError("the Docker daemon is not running",
+                              "start it: sudo systemctl start docker")
+    last = text.splitlines()[-1] if text else "no output"
+    return ContainerError(f"docker does not work here: {last}", "check `docker info`")
+
+
+def check_docker(timeout: float = 20.0) -> str:
+    """The docker CLI's path, once `docker info` answers; else a ContainerError with the fix."""
+    path = shutil.which("docker")
+    if path is None:
+        raise ContainerError("docker is not installed (no `docker` on PATH)",
+                             "install Docker with the NVIDIA container toolkit, as DGX OS ships it")
+    try:
+        r = subprocess.run([path, "info", "--format", "{{.ServerVersion}}"], capture_output=True,
+                           text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        raise ContainerError(f"`docker info` did not answer within {timeout:g} s",
+                             "check the daemon: sudo systemctl status docker") from None
+    if r.returncode != 0:
+        raise diagnose(r.stderr)
+    return path

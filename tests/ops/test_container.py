@@ -1,0 +1,119 @@
+"""The host launcher: the `docker run` plan with plain data, and the Docker errors with
+fake `docker` executables on PATH (this machine has a docker CLI but no engine)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from launch.exitcodes import exit_code_for
+from orchestrator import errors
+from orchestrator.ops.container import GROUP_FIX, HostFacts, RunRequest, diagnose, plan_run
+
+from conftest import REPO, clean_env
+
+SPARK = HostFacts(infiniband=True, hf_cache="/home/me/.cache/huggingface", ray_dir="/home/me/.ray",
+                  secrets_set=("HF_TOKEN",))
+
+
+def pairs(argv: list[str]) -> set[tuple[str, str]]:
+    return set(zip(argv, argv[1:]))
+
+
+def test_head_plan_has_everything_multi_node_vllm_needs():
+    argv = plan_run(RunRequest(None, False, serve_args=("Qwen/Qwen3-8B", "--max-model-len", "32768")), SPARK).argv()
+    assert argv[:2] == ["docker", "run"]
+    for flag in [("--gpus", "all"), ("--network", "host"), ("--ipc", "host"), ("--shm-size", "16g"),
+                 ("--ulimit", "memlock=-1"), ("--ulimit", "stack=67108864"), ("--device", "/dev/infiniband"),
+                 ("--cap-add", "IPC_LOCK"), ("--restart", "unless-stopped"), ("--name", "spark-vllm"),
+                 ("-v", "/home/me/.cache/huggingface:/root/.cache/huggingface"),
+                 ("-v", "/home/me/.ray:/root/.ray"), ("-e", "HF_TOKEN")]:
+        assert flag in pairs(argv), flag
+    assert "--init" in argv and "-d" in argv
+    assert argv[-5:] == ["spark-vllm", "serve", "Qwen/Qwen3-8B", "--max-model-len", "32768"]
+
+
+def test_worker_plan_and_env_and_no_infiniband():
+    host = HostFacts(infiniband=False, hf_cache="/c")
+    plan = plan_run(RunRequest("192.168.100.10", True, image="img:1",
+                               env=(("SPARK_VLLM_IFACE", "enp1s0f1np1"),)), host)
+    argv = plan.argv()
+    assert ("-e", "SPARK_VLLM_HEAD_IP=192.168.100.10") in pairs(argv)
+    assert ("-e", "SPARK_VLLM_IFACE=enp1s0f1np1") in pairs(argv)
+    assert "/dev/infiniband" not in argv and "IPC_LOCK" not in argv and "HF_TOKEN" not in argv
+    assert argv[-2:] == ["img:1", "worker"]
+
+
+def test_worker_without_head_ip_is_a_usage_error():
+    with pytest.raises(errors.UsageError, match="--worker needs the head's address"):
+        plan_run(RunRequest(None, True), SPARK)
+
+
+@pytest.mark.parametrize("stderr, want", [
+    ("permission denied while trying to connect to the Docker daemon socket at unix:///var/run/docker.sock: "
+     "Get ...: dial unix /var/run/docker.sock: connect: permission denied", GROUP_FIX),
+    ("Cannot connect to the Docker daemon at unix:///var/run/docker.sock. Is the docker daemon running?",
+     "sudo systemctl start docker"),
+    ("something odd\nlast line", "docker does not work here: last line"),
+])
+def test_diagnose_names_the_fix(stderr, want):
+    assert want in str(diagnose(stderr))
+
+
+def container_cli(tmp_path, *args: str, docker: str | None, hf_token: str | None = None):
+    """`spark-vllm container ...` with PATH holding only a fake docker (or none)."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir(exist_ok=True)
+    if docker is not None:
+        (bin_dir / "docker").write_text("#!/bin/sh\n" + docker)
+        (bin_dir / "docker").chmod(0o755)
+    env = clean_env(PATH=str(bin_dir), HOME=str(tmp_path))
+    env.pop("HF_TOKEN", None)
+    if hf_token:
+        env["HF_TOKEN"] = hf_token
+    return subprocess.run([sys.executable, "-m", "launch", "container", *args], capture_output=True, text=True,
+                          env=env, cwd=REPO, timeout=60)
+
+
+DOWN = 'echo "Cannot connect to the Docker daemon at unix:///var/run/docker.sock. ' \
+       'Is the docker daemon running?" >&2; exit 1\n'
+DENIED = 'echo "permission denied while trying to connect to the Docker daemon socket at ' \
+         'unix:///var/run/docker.sock: connect: permission denied" >&2; exit 1\n'
+
+
+@pytest.mark.parametrize("docker, want", [
+    (None, "spark-vllm: error: docker is not installed (no `docker` on PATH) "
+           "(install Docker with the NVIDIA container toolkit, as DGX OS ships it)"),
+    (DOWN, "spark-vllm: error: the Docker daemon is not running (start it: sudo systemctl start docker)"),
+    (DENIED, f"spark-vllm: error: this user cannot reach the Docker daemon's socket (permission denied) "
+             f"(add yourself to the docker group: {GROUP_FIX})"),
+])
+@pytest.mark.parametrize("action", [("run", "Qwen/Qwen3-8B"), ("stop",), ("status",)])
+def test_docker_errors_are_one_line_with_the_fix(tmp_path, docker, want, action):
+    r = container_cli(tmp_path, *action, docker=docker)
+    assert r.returncode == exit_code_for(errors.ContainerError("")) == 16, r.stderr
+    assert r.stderr.strip() == want
+
+
+def test_run_calls_docker_with_the_plan_and_never_the_token(tmp_path):
+    log = tmp_path / "calls"
+    fake = f'printf "%s\\n" "$*" >> {log}\n[ "$1" = info ] && echo 28.2.2\nexit 0\n'
+    r = container_cli(tmp_path, "run", "--worker", "192.168.100.10", docker=fake, hf_token="hf_secret_value")
+    assert r.returncode == 0, r.stderr
+    calls = log.read_text().splitlines()
+    assert calls[0].startswith("info") and calls[1].startswith("run -d --name spark-vllm --init")
+    assert calls[1].endswith("-e SPARK_VLLM_HEAD_IP=192.168.100.10 -e HF_TOKEN spark-vllm worker")
+    assert "hf_secret_value" not in log.read_text() + r.stdout + r.stderr
+
+
+def test_dry_run_prints_and_needs_no_docker(tmp_path):
+    r = container_cli(tmp_path, "run", "--dry-run", "Qwen/Qwen3-8B", "--max-model-len", "32768", docker=None,
+                      hf_token="hf_secret_value")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith("docker run -d --name spark-vllm --init ")
+    assert r.stdout.rstrip().endswith("-e HF_TOKEN spark-vllm serve Qwen/Qwen3-8B --max-model-len 32768")
+    assert f"-v {os.fspath(tmp_path)}/.cache/huggingface:/root/.cache/huggingface" in r.stdout
+    assert "hf_secret_value" not in r.stdout
