@@ -162,3 +162,14 @@ def test_serve_applies_the_preset_prefetches_on_both_nodes_then_refuses_a_model_
             assert list(cache(env, BIG).glob("snapshots/*/model.safetensors"))
     finally:
         stop(h, w)
+
+
+def test_serve_of_a_gated_model_fails_before_ray(sparks):
+    net, envs, tmp = sparks
+    head = net.nodes[0]
+    out = head.run(sys.executable, "-m", "launch", "serve", "gated/llama", "--simulate", *head.cli_flags(),
+                   env=envs[0], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 13, out.stderr[-2000:]
+    errors = [ln for ln in out.stderr.splitlines() if ln.startswith("spark-vllm: error:")]
+    assert len(errors) == 1 and "gated/llama is gated" in errors[0] and "HF_TOKEN" in errors[0]
+    assert "Ray head started" not in out.stderr and netns.pids(head.netns) != []  # only the fake Hub runs there

@@ -53,3 +53,18 @@ def test_no_preset_and_bad_user_flags(none_parser):
     assert plan_preset("m", (), ["--bogus"], none_parser).flags == []  # no preset: vLLM judges the flags later
     with pytest.raises(BadServeFlags, match="bogus"):
         plan_preset("405b", PRESET_405B, ["--bogus"], none_parser)
+
+
+def test_serve_flags_for_known_unknown_and_no_preset_models(caplog):
+    from argparse import Namespace
+
+    from launch.modelscmd import serve_flags
+
+    api = load_vllm_api()
+    phi = "nvidia/Phi-4-multimodal-instruct-FP4"
+    with caplog.at_level("INFO", logger="spark_vllm"):
+        assert serve_flags(api, phi, Namespace(extra=["--port", "1"], no_preset=False)) == [
+            "--trust-remote-code", "--port", "1"]
+    assert f"preset for {phi}: --trust-remote-code" in caplog.text
+    assert serve_flags(api, phi, Namespace(extra=["--port", "1"], no_preset=True)) == ["--port", "1"]
+    assert serve_flags(api, "someone/else", Namespace(extra=["--port", "1"], no_preset=False)) == ["--port", "1"]
