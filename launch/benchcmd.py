@@ -9,6 +9,7 @@ tears everything down.
 from __future__ import annotations
 
 import argparse
+import os
 import json
 import shutil
 import subprocess
@@ -52,6 +53,9 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     if args.url:
         if not args.model:
             raise UsageError("--url needs --model (the served model name)", "e.g. --model Qwen/Qwen3-8B")
+        if os.environ.get("VLLM_API_KEY") and not os.environ.get("OPENAI_API_KEY"):
+            # vLLM's benchmark client sends OPENAI_API_KEY; a server's --api-key is VLLM_API_KEY.
+            os.environ["OPENAI_API_KEY"] = os.environ["VLLM_API_KEY"]
         req = request_from(args, args.url, args.model)
         results = [r.to_json() for r in run_bench(req, progress)]
     else:

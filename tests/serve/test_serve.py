@@ -122,7 +122,7 @@ def greedy_answers(served, model):
     sim, _ = served
     out = sim.client().run(sys.executable, "-m", "orchestrator.sim.client", sim.url, model, "--max-tokens",
                            str(GREEDY_TOKENS), *GREEDY_PROMPTS, capture_output=True, text=True, timeout=120,
-                           env=clean_env(), cwd=REPO)
+                           env=clean_env(VLLM_API_KEY=API_KEY), cwd=REPO)
     assert out.returncode == 0, out.stderr[-2000:]
     return json.loads(out.stdout)
 
@@ -338,7 +338,7 @@ def test_bench_against_the_server(served, model):
     sim, _ = served
     out = sim.client().run(sys.executable, "-m", "launch", "bench", "--url", sim.url, "--model", model,
                            "--concurrency", "1,2", "--num-prompts", "4", "--output-len", "8", "--json",
-                           capture_output=True, text=True, timeout=300, env=clean_env(), cwd=REPO)
+                           capture_output=True, text=True, timeout=300, env=clean_env(VLLM_API_KEY=API_KEY), cwd=REPO)
     assert out.returncode == 0, out.stderr[-2000:]
     levels = json.loads(out.stdout)["levels"]
     assert [lv["concurrency"] for lv in levels] == [1, 2]
