@@ -14,7 +14,6 @@ from pathlib import Path
 
 import pytest
 
-import fakehub
 from conftest import PREFIX, REPO, clean_env
 from orchestrator.sim import netns
 from orchestrator.sim.tinymodel import make_tiny_model
