@@ -9,7 +9,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-
 from conftest import REPO, clean_env
 
 HEAD_IP = "192.168.100.10"
