@@ -93,13 +93,13 @@ def run_serve(args: argparse.Namespace, settings: Settings) -> int:
     # vLLM imports while Ray starts and the other Sparks join; a bad flag still fails
     # in seconds, and the Ray node started meanwhile is stopped on the way out.
     loading = engine.load_in_background()
+    found = modelscmd.model_source(model)  # the Hub's answer (gated, unknown, ...) before Ray starts
     t0 = time.monotonic()
     with head_cluster(plan) as (node, address):
         api = loading.result()
         logs.capture()  # vLLM's and Ray's Python loggers into --log-dir too (vLLM set its own up at import)
         vargs = engine.parse_serve_args(api, model, modelscmd.serve_flags(api, model, args))
         log.info("vLLM %s accepted the flags; forming the cluster", api.version)
-        found = modelscmd.model_source(model)
         with modelscmd.prefetching(found, args, plan.cluster.nodes) as prefetched:
             state = form_cluster(plan, node, address)
             prefetched(state)

@@ -372,8 +372,10 @@ def test_wrong_subnet_fails_without_waiting(sparks):
                    "--join-timeout", "120")
     assert r.returncode == exit_code_for(errors.WrongSubnet("")) == 4, r.stderr
     assert time.monotonic() - start < 30  # not the join timeout
-    err = r.stderr.strip().splitlines()
-    assert len(err) == 1 and "head 192.168.101.10 is not on enp1s0f1np1's subnet (192.168.100.11/24)" in err[0]
+    lines = r.stderr.strip().splitlines()
+    err = [line for line in lines if line.startswith("spark-vllm: error: ")]
+    assert err == lines[-1:] and "head 192.168.101.10 is not on enp1s0f1np1's subnet (192.168.100.11/24)" in err[0]
+    assert all(line.startswith("spark-vllm: ") for line in lines)  # the start summary, then the one error
     sparks.assert_nothing_left(timeout=0)
 
 
