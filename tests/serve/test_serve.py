@@ -202,6 +202,20 @@ def test_our_gauges_in_vllms_metrics(served):
     assert float(values["spark_vllm_engine_restarts_total"]) == 0
 
 
+def test_bench_against_the_server(served, model):
+    """`spark-vllm bench --url --model`: vLLM's benchmark client from the other Spark."""
+    sim, _ = served
+    out = sim.client().run(sys.executable, "-m", "launch", "bench", "--url", sim.url, "--model", model,
+                           "--concurrency", "1,2", "--num-prompts", "4", "--output-len", "8", "--json",
+                           capture_output=True, text=True, timeout=300, env=clean_env(VLLM_API_KEY=API_KEY), cwd=REPO)
+    assert out.returncode == 0, out.stderr[-2000:]
+    levels = json.loads(out.stdout)["levels"]
+    assert [lv["concurrency"] for lv in levels] == [1, 2]
+    assert all(lv["completed"] == 4 and lv["failed"] == 0 and lv["output_tok_s"] > 0 for lv in levels)
+    assert all(0 < lv["ttft_p50_ms"] <= lv["ttft_p99_ms"] for lv in levels)
+    assert "[2/2] concurrency 2:" in out.stderr
+
+
 def test_stop_drains_and_leaves_nothing(served):
     """Last in this module: `spark-vllm stop` on the head ends the server (exit 0), the
     worker follows, and no process is left in either Spark."""
@@ -331,17 +345,3 @@ def test_stop_while_the_engine_builds_waits_for_it_then_stops_cleanly(one, model
     finally:
         if head.poll() is None:
             head.kill()
-
-
-def test_bench_against_the_server(served, model):
-    """`spark-vllm bench --url --model`: vLLM's benchmark client from the other Spark."""
-    sim, _ = served
-    out = sim.client().run(sys.executable, "-m", "launch", "bench", "--url", sim.url, "--model", model,
-                           "--concurrency", "1,2", "--num-prompts", "4", "--output-len", "8", "--json",
-                           capture_output=True, text=True, timeout=300, env=clean_env(VLLM_API_KEY=API_KEY), cwd=REPO)
-    assert out.returncode == 0, out.stderr[-2000:]
-    levels = json.loads(out.stdout)["levels"]
-    assert [lv["concurrency"] for lv in levels] == [1, 2]
-    assert all(lv["completed"] == 4 and lv["failed"] == 0 and lv["output_tok_s"] > 0 for lv in levels)
-    assert all(0 < lv["ttft_p50_ms"] <= lv["ttft_p99_ms"] for lv in levels)
-    assert "[2/2] concurrency 2:" in out.stderr
