@@ -30,7 +30,6 @@ import json
 import os
 import platform
 import re
-import signal
 import statistics
 import subprocess
 import sys
@@ -119,19 +118,7 @@ def clear(net: netns.SimNetwork) -> None:
     """End every process in the simulated Sparks (Ray's daemons included): the next run
     starts cold. The page cache stays warm for both flows alike."""
     for ns in net.namespaces:
-        for sig, wait in ((signal.SIGTERM, 10.0), (signal.SIGKILL, 3.0)):
-            left = netns.pids(ns)
-            for pid in left:
-                try:
-                    os.kill(pid, sig)
-                except ProcessLookupError:
-                    pass
-            deadline = time.monotonic() + wait
-            while left and time.monotonic() < deadline:
-                time.sleep(0.1)
-                left = netns.pids(ns)
-            if not left:
-                break
+        netns.end_processes(ns, grace_s=10.0, kill_wait_s=3.0)
 
 
 def playbook_env(node: netns.SimNode, head_ip: str) -> dict[str, str]:

@@ -336,10 +336,9 @@ def wait_empty(namespaces: tuple[str, ...], timeout_s: float = 15.0) -> dict[str
     return left
 
 
-def remove_namespace(ns: str, grace_s: float = 2.0, ops: nsops.NsOps | None = None) -> None:
-    """SIGTERM the processes inside `ns`, SIGKILL those still there after `grace_s`,
-    then delete it (if it exists)."""
-    for sig, wait in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 1.0)):
+def end_processes(ns: str, grace_s: float = 2.0, kill_wait_s: float = 1.0) -> None:
+    """SIGTERM the processes inside `ns`, then SIGKILL those still there after `grace_s`."""
+    for sig, wait in ((signal.SIGTERM, grace_s), (signal.SIGKILL, kill_wait_s)):
         left = pids(ns)
         for pid in left:
             try:
@@ -352,6 +351,12 @@ def remove_namespace(ns: str, grace_s: float = 2.0, ops: nsops.NsOps | None = No
             left = pids(ns)
         if not left:
             break
+
+
+def remove_namespace(ns: str, grace_s: float = 2.0, ops: nsops.NsOps | None = None) -> None:
+    """SIGTERM the processes inside `ns`, SIGKILL those still there after `grace_s`,
+    then delete it (if it exists)."""
+    end_processes(ns, grace_s)
     if ns in list_namespaces(ns):
         (ops or nsops.ops_for(None)).del_netns(ns)
 
