@@ -4,10 +4,11 @@ their own PID namespace (`unshare --pid --fork --mount`, chroot into the image's
 mounted root filesystem), inside the namespace Sparks. Checks: the start summary,
 `spark-vllm health` on both (the worker has no server), SIGTERM to a worker's PID 1
 (exit 0), SIGTERM to the head's (exit 0; the worker then exits 7 for its restart
-policy), zombies seen under PID 1, and that nothing is left. Writes
-benchmarks/results/container_pid1.json.
+policy), zombies seen under PID 1, and that nothing is left. `--light`: only what
+starts no Ray (a worker waiting for an absent head). Writes
+benchmarks/results/container_pid1[_light].json; tests/test_container_image.py runs both.
 
-    .venv/bin/python -m benchmarks.container_pid1 [IMAGE]
+    .venv/bin/python -m benchmarks.container_pid1 [--light] [IMAGE]
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -25,12 +27,8 @@ import psutil
 
 from orchestrator.sim import netns
 
-ARGS = [a for a in sys.argv[1:] if not a.startswith("--")]
-IMAGE = ARGS[0] if ARGS else "localhost/spark-vllm:standin"
-# --light: only what starts no Ray (a worker waiting for an absent head): PID 1's
-# SIGTERM and exit codes, in seconds.
-LIGHT = "--light" in sys.argv
-OUT = Path(__file__).parent / "results" / f"container_pid1{'_light' if LIGHT else ''}.json"
+DEFAULT_IMAGE = "localhost/spark-vllm:standin"
+RESULTS = Path(__file__).parent / "results"
 
 
 def buildah(*args: str) -> str:
@@ -89,48 +87,22 @@ class Pid1:
         return self.proc.wait(timeout), time.monotonic() - t
 
 
-def main() -> int:
-    ctr = buildah("from", IMAGE)
+def run_pid1(image: str, light: bool, prefix: str = "svbench") -> dict:
+    """One scenario on the image: `light` (no Ray: a worker waiting for an absent head),
+    else the head and a worker as PID 1. Returns {"image", "checks", "logs", ...}."""
+    ctr = buildah("from", image)
     root = buildah("mount", ctr)
-    logs = Path("/tmp") / f"container-pid1-{os.getpid()}"
-    logs.mkdir()
-    result: dict = {"image": IMAGE, "checks": {}}
+    logs = Path(tempfile.mkdtemp(prefix=f"container-pid1-{os.getpid()}-"))
+    result: dict = {"image": image, "checks": {}, "logs": str(logs)}
     checks = result["checks"]
     procs: list[Pid1] = []
     try:
-        with netns.SimNetwork(nodes=2, prefix="svbench") as net:
+        with netns.SimNetwork(nodes=2, prefix=prefix) as net:
             head_node, worker_node = net.nodes
-            if LIGHT:
-                light(root, head_node, worker_node, logs, checks, procs, net)
-                return finish(result, logs)
-            common = ["--simulate", "--nodes", "2", "--wait-timeout", "180"]
-            head = Pid1(head_node, root, ["head", *common], logs / "head.log")
-            procs.append(head)
-            worker = Pid1(worker_node, root, ["worker", "--head-ip", head_node.ip, *common], logs / "worker.log")
-            procs.append(worker)
-            result["head_ready_s"] = round(head.wait_for("head ready"), 1)
-            worker.wait_for("joined the cluster")
-            checks["start_summary"] = next(ln for ln in head.text().splitlines() if "settings:" in ln)
-            checks["pid1_is_spark_vllm"] = "spark-vllm" in " ".join(psutil.Process(head.pid1).cmdline())
-            for who, p in (("head", head), ("worker", worker)):
-                r = p.inside("health")
-                checks[f"health_{who}"] = [r.returncode, r.stdout.strip() or r.stderr.strip()[-300:]]
-            checks["zombies_under_pid1_while_running"] = {"head": head.zombies(), "worker": worker.zombies()}
-
-            code, took = worker.stop()
-            checks["sigterm_worker"] = {"exit": code, "seconds": round(took, 1),
-                                        "left_in_namespace": netns.pids(worker_node.netns)}
-            worker = Pid1(worker_node, root, ["worker", "--head-ip", head_node.ip, *common], logs / "worker2.log")
-            procs.append(worker)
-            worker.wait_for("joined the cluster")
-            code, took = head.stop()
-            checks["sigterm_head"] = {"exit": code, "seconds": round(took, 1),
-                                      "last_line": head.text().strip().splitlines()[-1]}
-            wcode = worker.proc.wait(120)
-            checks["worker_after_head_left"] = {"exit": wcode, "last_line": worker.text().strip().splitlines()[-1]}
-            time.sleep(1)
-            checks["left_in_namespaces"] = {ns: netns.pids(ns) for ns in net.namespaces}
-            checks["tracebacks"] = sum("Traceback" in p.text() for p in procs)
+            if light:
+                run_light(root, head_node, worker_node, logs, checks, procs, net)
+            else:
+                result["head_ready_s"] = run_full(root, head_node, worker_node, logs, checks, procs, net)
     finally:
         for p in procs:
             if p.proc.poll() is None:
@@ -139,14 +111,47 @@ def main() -> int:
                 p.proc.wait(30)
         subprocess.run(["buildah", "umount", ctr], capture_output=True)
         subprocess.run(["buildah", "rm", ctr], capture_output=True)
-    return finish(result, logs)
+    return result
 
 
-def light(root, head_node, worker_node, logs, checks, procs, net) -> None:
+def run_full(root, head_node, worker_node, logs, checks, procs, net) -> float:
+    """Head and worker up as PID 1, health on both, SIGTERM to each; the head's ready time."""
+    common = ["--simulate", "--nodes", "2", "--wait-timeout", "180"]
+    head = Pid1(head_node, root, ["head", *common], logs / "head.log")
+    procs.append(head)
+    worker = Pid1(worker_node, root, ["worker", "--head-ip", head_node.ip, *common], logs / "worker.log")
+    procs.append(worker)
+    ready_s = round(head.wait_for("head ready"), 1)
+    worker.wait_for("joined the cluster")
+    checks["start_summary"] = next(ln for ln in head.text().splitlines() if "settings:" in ln)
+    checks["pid1_is_spark_vllm"] = "spark-vllm" in " ".join(psutil.Process(head.pid1).cmdline())
+    for who, p in (("head", head), ("worker", worker)):
+        r = p.inside("health")
+        checks[f"health_{who}"] = [r.returncode, r.stdout.strip() or r.stderr.strip()[-300:]]
+    checks["zombies_under_pid1_while_running"] = {"head": head.zombies(), "worker": worker.zombies()}
+
+    code, took = worker.stop()
+    checks["sigterm_worker"] = {"exit": code, "seconds": round(took, 1),
+                                "left_in_namespace": netns.pids(worker_node.netns)}
+    worker = Pid1(worker_node, root, ["worker", "--head-ip", head_node.ip, *common], logs / "worker2.log")
+    procs.append(worker)
+    worker.wait_for("joined the cluster")
+    code, took = head.stop()
+    checks["sigterm_head"] = {"exit": code, "seconds": round(took, 1),
+                              "last_line": head.text().strip().splitlines()[-1]}
+    wcode = worker.proc.wait(120)
+    checks["worker_after_head_left"] = {"exit": wcode, "last_line": worker.text().strip().splitlines()[-1]}
+    checks["left_in_namespaces"] = netns.wait_empty(net.namespaces)
+    checks["tracebacks"] = sum("Traceback" in p.text() for p in procs)
+    return ready_s
+
+
+def run_light(root, head_node, worker_node, logs, checks, procs, net) -> None:
     waiting = ["worker", "--head-ip", head_node.ip, "--simulate"]
     w = Pid1(worker_node, root, [*waiting, "--join-timeout", "120"], logs / "waiting.log")
     procs.append(w)
-    time.sleep(3)  # let it reach the wait for the head
+    w.wait_for("settings:")
+    time.sleep(2)  # let it reach the wait for the head
     checks["start_summary"] = next((ln for ln in w.text().splitlines() if "settings:" in ln), None)
     checks["pid1_is_spark_vllm"] = "spark-vllm" in " ".join(psutil.Process(w.pid1).cmdline())
     r = w.inside("health")
@@ -159,17 +164,21 @@ def light(root, head_node, worker_node, logs, checks, procs, net) -> None:
     procs.append(f)
     checks["head_unreachable"] = {"exit": f.proc.wait(60), "seconds": round(time.monotonic() - t, 1),
                                   "last_line": f.text().strip().splitlines()[-1]}
-    checks["left_in_namespaces"] = {ns: netns.pids(ns) for ns in net.namespaces}
+    checks["left_in_namespaces"] = netns.wait_empty(net.namespaces)
     checks["tracebacks"] = sum("Traceback" in p.text() for p in procs)
 
 
-def finish(result: dict, logs: Path) -> int:
-    result["logs"] = str(logs)
-    OUT.parent.mkdir(exist_ok=True)
-    OUT.write_text(json.dumps(result, indent=2))
+def main(argv: list[str]) -> int:
+    args = [a for a in argv if not a.startswith("--")]
+    image = args[0] if args else DEFAULT_IMAGE
+    light = "--light" in argv
+    result = run_pid1(image, light)
+    out = RESULTS / f"container_pid1{'_light' if light else ''}.json"
+    out.parent.mkdir(exist_ok=True)
+    out.write_text(json.dumps(result, indent=2))
     print(json.dumps(result, indent=2))
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(sys.argv[1:]))

@@ -5,7 +5,8 @@
 
 The first sends N streaming completions at once and reports each when its first
 token arrives and when it ends: {"event": "first", "i": 0, "t": T} and {"event":
-"end", "i": 0, "t": T, "ok": true, "status": 200, "tokens": 64, "error": null}. The
+"end", "i": 0, "t": T, "ok": true, "status": 200, "tokens": 64, "finish": "length",
+"error": null} (`tokens` as the server counts them, `finish` its finish_reason). The
 second polls /health every 0.2 s and reports each change: {"event": "health", "t": T,
 "status": 200} (0: no answer). `t` is the wall clock (time.time()), so that a test
 can compare it with the moment it caused a fault. Stdlib only, run inside a
@@ -34,11 +35,12 @@ def emit(**fields) -> None:
 
 
 def stream_one(i: int, base: str, model: str, max_tokens: int, timeout: float) -> None:
+    # include_usage: the server's own token count (one chunk may carry several tokens).
     body = {"model": model, "prompt": PROMPT, "max_tokens": max_tokens, "stream": True,
-            "ignore_eos": True, "temperature": 0}
+            "ignore_eos": True, "temperature": 0, "stream_options": {"include_usage": True}}
     req = urllib.request.Request(f"{base}/v1/completions", json.dumps(body).encode(),
                                  {"Content-Type": "application/json"})
-    tokens, status, error, done = 0, None, None, False
+    chunks, tokens, finish, status, error, done = 0, None, None, None, None, False
     try:
         with urllib.request.urlopen(req, timeout=timeout) as r:
             status = r.status
@@ -54,9 +56,12 @@ def stream_one(i: int, base: str, model: str, max_tokens: int, timeout: float) -
                 if "error" in chunk:
                     error = str(chunk["error"])[:300]
                     break
+                if chunk.get("usage"):
+                    tokens = chunk["usage"]["completion_tokens"]
                 if chunk.get("choices"):
-                    tokens += 1
-                    if tokens == 1:
+                    chunks += 1
+                    finish = chunk["choices"][0].get("finish_reason") or finish
+                    if chunks == 1:
                         emit(event="first", i=i, t=round(time.time(), 3))
     except urllib.error.HTTPError as e:
         status, error = e.code, e.read().decode(errors="replace")[:300]
@@ -65,7 +70,7 @@ def stream_one(i: int, base: str, model: str, max_tokens: int, timeout: float) -
     if not done and error is None:
         error = "stream ended without [DONE]"
     emit(event="end", i=i, t=round(time.time(), 3), ok=done and error is None, status=status,
-         tokens=tokens, error=error)
+         tokens=chunks if tokens is None else tokens, finish=finish, error=error)
 
 
 def watch_health(base: str, poll: float = 0.2) -> None:

@@ -10,12 +10,17 @@ from importlib import metadata
 import pytest
 
 import ray._private.utils as ray_utils
+from ray._private import ray_constants
 from orchestrator.serve import vllm_plugin
+
+SWITCH = "RAY_DISABLE_FAILURE_SIGNAL_HANDLER"
 
 
 @pytest.fixture
-def restore():
+def restore(monkeypatch):
     original, handler = ray_utils.set_sigterm_handler, signal.getsignal(signal.SIGTERM)
+    monkeypatch.setattr(ray_constants, SWITCH, False)
+    monkeypatch.delenv(SWITCH, raising=False)
     yield
     ray_utils.set_sigterm_handler = original
     signal.signal(signal.SIGTERM, handler)
@@ -47,6 +52,22 @@ def test_inert_unless_serving(restore, monkeypatch):
     before = ray_utils.set_sigterm_handler
     vllm_plugin.general_plugin()
     assert ray_utils.set_sigterm_handler is before
+    assert getattr(ray_constants, SWITCH) is False
+
+
+def test_no_crash_dump_on_sigterm_in_a_driver_not_yet_connected(restore, monkeypatch):
+    """The engine core (Ray not initialized here either): Ray's C++ handler, which dumps
+    a stack on every SIGTERM, will not be installed by its `ray.init`."""
+    monkeypatch.setenv(vllm_plugin.SERVING_VAR, "1")
+    vllm_plugin.general_plugin()
+    assert getattr(ray_constants, SWITCH) is True
+
+
+def test_a_users_choice_of_rays_crash_handler_wins(restore, monkeypatch):
+    monkeypatch.setenv(vllm_plugin.SERVING_VAR, "1")
+    monkeypatch.setenv(SWITCH, "0")
+    vllm_plugin.general_plugin()
+    assert getattr(ray_constants, SWITCH) is False
 
 
 def test_registered_for_vllm():

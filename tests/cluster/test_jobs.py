@@ -1,0 +1,143 @@
+"""`ray job submit` against a cluster of `spark-vllm head` and `worker`, for real: the
+`ray` CLI and Ray's Jobs API (the head's dashboard), token authentication on, two
+simulated Sparks, and `python -m launch serve` as the job's entrypoint serving TP 2
+over Ray with vLLM's CPU engine. The job attaches (it starts no node), `ray job logs`
+shows our lines, and `ray job stop` drains the requests in flight and ends the server
+while the cluster stays up.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from orchestrator.sim import netns
+from orchestrator.sim.demo import SIM_VLLM_FLAGS
+from orchestrator.sim.load import Background
+from orchestrator.sim.tinymodel import make_tiny_model
+
+from conftest import REPO, ns_http
+from namespace_sparks import HEAD_IP, WORKER_IP, healthy_cluster
+
+RAY = str(Path(sys.executable).with_name("ray"))
+DASHBOARD = f"http://{HEAD_IP}:8265"
+JOB_ID = "spark-vllm-serve"
+URL = f"http://{HEAD_IP}:8000"
+ENGINE_S = 360  # vLLM's engine build in a job on 2 busy cores; usually 40 to 90 s
+STREAM_TOKENS = 160
+# What serving leaves on the head while it runs: the job's driver (serve), vLLM's engine
+# process, and the Ray workers that hold vLLM's TP ranks.
+SERVING_PROCESSES = ("launch serve", "EngineCore", "RayWorkerWrapper")
+# vLLM's output handler logging the engine process's exit, once the drain is done.
+VLLM_SHUTDOWN_NOTE = re.compile(r"^\(APIServer pid=\d+\) ERROR .*\[async_llm\.py:\d+\] Traceback")
+
+
+def ray_cli(s, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    """The `ray` CLI in the head's namespace, as a user types it there: token auth on,
+    the token in ~/.ray/auth_token (the test's HOME)."""
+    return s.head_node.run(RAY, *args, env=s.env({"RAY_AUTH_MODE": "token"}), capture_output=True, text=True,
+                           timeout=timeout, cwd=REPO)
+
+
+def job_status(s) -> str:
+    """What `ray job status` says ("Status for job 'ID': RUNNING", "Job 'ID' was stopped")."""
+    r = ray_cli(s, "job", "status", "--address", DASHBOARD, JOB_ID)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    return re.sub(r"\x1b\[[0-9;]*m", "", r.stdout + r.stderr)  # without the CLI's colours
+
+
+def serving_processes(node: netns.SimNode) -> list[str]:
+    found = []
+    for pid in netns.pids(node.netns):
+        try:
+            p = psutil.Process(pid)
+            line = f"{p.name()} {' '.join(p.cmdline())}"
+        except psutil.Error:
+            continue
+        found += [f"{pid} {line[:160]}" for name in SERVING_PROCESSES if name in line]
+    return found
+
+
+@pytest.fixture(scope="module")
+def job(netns_ok, tmp_path_factory):
+    """The cluster, then the job submitted (--no-wait) and followed (`ray job logs
+    --follow` into a file) until serve announces it is ready."""
+    model = str(make_tiny_model(tmp_path_factory.mktemp("model") / "tiny-llama"))
+    with healthy_cluster(tmp_path_factory.mktemp("jobs")) as (s, head, worker):
+        entrypoint = [sys.executable, "-m", "launch", "serve", model, "--simulate",
+                      "--sysfs-root", s.head_node.sysfs_root, "--port", "8000", "--wait-timeout", "60",
+                      *SIM_VLLM_FLAGS]
+        r = ray_cli(s, "job", "submit", "--address", DASHBOARD, "--submission-id", JOB_ID, "--no-wait", "--",
+                    *entrypoint)
+        assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+        logs = s.tmp / "job.log"
+        with open(logs, "w") as out:
+            follow = s.head_node.popen(RAY, "job", "logs", "--address", DASHBOARD, "--follow", JOB_ID,
+                                       env=s.env({"RAY_AUTH_MODE": "token"}), stdin=subprocess.DEVNULL,
+                                       stdout=out, stderr=subprocess.STDOUT, cwd=REPO)
+        try:
+            deadline = time.monotonic() + ENGINE_S
+            while "spark-vllm: ready:" not in logs.read_text():
+                assert follow.poll() is None, f"the job ended before it was ready:\n{logs.read_text()[-4000:]}"
+                assert time.monotonic() < deadline, f"no ready within {ENGINE_S} s:\n{logs.read_text()[-4000:]}"
+                time.sleep(0.5)
+            yield {"sparks": s, "head": head, "worker": worker, "model": model, "logs": logs, "follow": follow}
+        finally:
+            if follow.poll() is None:  # the job still runs: a test failed before its stop
+                ray_cli(s, "job", "stop", "--address", DASHBOARD, JOB_ID, timeout=90)
+                follow.kill()
+            follow.wait(30)
+
+
+def test_the_job_attaches_and_serves_tp2_over_both_nodes(job):
+    s, text = job["sparks"], job["logs"].read_text()
+    assert "attaching to the Ray cluster at" in text and "starting no node" in text
+    assert "this Spark is the head" not in text and "Ray head started" not in text
+    assert "2 of 2 GPU nodes" in text and "TP 2 x PP 1 over 2 GPU(s), executor ray" in text
+    assert f"Status for job '{JOB_ID}': RUNNING" in job_status(s)
+    got = ns_http(s.worker_node, URL + "/v1/completions", {"model": job["model"], "prompt": "Hello", "max_tokens": 6})
+    assert got["status"] == 200 and '"completion_tokens":6' in got["body"].replace(" ", ""), got
+    # The job runs beside the nodes it attached to: the head still owns the cluster.
+    assert job["head"].proc.poll() is None and job["worker"].proc.poll() is None
+
+
+def test_ray_job_stop_drains_and_the_cluster_stays(job):
+    """Last: `ray job stop` signals the driver and its descendants (vLLM's engine process
+    too) at once; the requests in flight still complete, the server ends, the job is
+    STOPPED, and both Spark nodes stay joined."""
+    s = job["sparks"]
+    load = Background(s.worker_node, URL, job["model"], "--requests", "2", "--max-tokens", str(STREAM_TOKENS),
+                      env=s.env(None), cwd=str(REPO))
+    try:
+        load.wait(lambda e: e["event"] == "first", 120, "first token")
+        t0 = time.monotonic()
+        r = ray_cli(s, "job", "stop", "--address", DASHBOARD, JOB_ID, timeout=120)
+        stop_s = time.monotonic() - t0
+        ends = [load.wait(lambda e, i=i: e["event"] == "end" and e["i"] == i, 90, "request end") for i in range(2)]
+    finally:
+        load.close()
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    assert [(e["ok"], e["tokens"], e["finish"]) for e in ends] == [(True, STREAM_TOKENS, "length")] * 2, ends
+    assert job["follow"].wait(60) is not None and f"Job '{JOB_ID}' was stopped" in job_status(s)
+    text = job["logs"].read_text()
+    assert "spark-vllm: vLLM's server stopped" in text and "spark-vllm: error" not in text, text[-4000:]
+    # Allowed: vLLM's own EngineDeadError, which vLLM 0.32 sometimes logs after "MPClient:
+    # complete", once the drain is done and the engine process has exited.
+    tracebacks = [line for line in text.splitlines() if "Traceback" in line]
+    assert all(VLLM_SHUTDOWN_NOTE.search(line) for line in tracebacks), text[-4000:]
+    assert "SIGTERM received" not in text, text[-4000:]  # no stack dump from Ray's crash handler
+    deadline = time.monotonic() + 30
+    while (left := serving_processes(s.head_node)) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert not left, "left after the job stopped:\n" + "\n".join(left)
+    r, out = s.status(s.worker_node)
+    assert r.returncode == 0 and out["complete"] is True, r.stderr
+    assert [n["ip"] for n in out["nodes"] if n["alive"]] == [HEAD_IP, WORKER_IP]
+    assert job["head"].proc.poll() is None and job["worker"].proc.poll() is None
+    print(f"ray job stop returned after {stop_s:.1f} s; both streams finished")
