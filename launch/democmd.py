@@ -8,6 +8,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+from orchestrator.errors import SimulationError
 from orchestrator.sim.demo import MODELS, run_demo
 from orchestrator.sim.greedy import NEAR_TIE
 from orchestrator.settings import Settings
@@ -43,12 +44,16 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     def show(label: str, line: str) -> None:
         print(f"[{label:>6}] {line}", file=sys.stderr, flush=True)
 
+    keep = bool(args.keep)
     try:
         with sigterm_stops():
             result = run_demo(workdir, show, args.models_dir, model_kind=args.model, timeout=args.timeout,
                               loopback=args.loopback, gpu=args.gpu)
+    except SimulationError:
+        keep = True  # its message points at the node logs in workdir
+        raise
     finally:
-        if not args.keep:
+        if not keep:
             shutil.rmtree(workdir, ignore_errors=True)
     if args.json:
         print_json(result.to_json())

@@ -6,13 +6,16 @@ real one is checked in test_smollm.py). The namespace form runs through the same
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
+from pathlib import Path
 
 import psutil
 
 from conftest import REPO, clean_env
 from orchestrator.cluster.membership import port_open
+from orchestrator.sim import netns
 
 
 def test_demo_loopback_serves_both_requests_and_leaves_nothing(tmp_path):
@@ -37,3 +40,15 @@ def test_demo_loopback_serves_both_requests_and_leaves_nothing(tmp_path):
     leftovers = [p.pid for p in psutil.process_iter(["cmdline"])
                  if any(str(tmp_path) in part for part in (p.info["cmdline"] or []))]
     assert leftovers == []
+
+
+def test_a_failed_demo_keeps_the_logs_its_error_names(netns_ok, tmp_path):
+    """The head cannot be ready within 1 s: exit 11, and the folder the error points at
+    is still there (without --keep, the demo removes its folder only on success)."""
+    out = subprocess.run([sys.executable, "-m", "launch", "demo", "--model", "tiny", "--timeout", "1"],
+                         capture_output=True, text=True, timeout=300, env=clean_env(TMPDIR=str(tmp_path)), cwd=REPO)
+    assert out.returncode == 11, out.stderr[-3000:]
+    assert "Traceback" not in out.stderr
+    named = re.search(r"full log: ([^\s)]+)", out.stderr)
+    assert named and Path(named.group(1)).is_file() and Path(named.group(1)).parent.parent == tmp_path, out.stderr
+    assert netns.list_namespaces("sparkdemo-") == []  # the simulated Sparks are gone all the same
