@@ -213,6 +213,13 @@ class Bench:
             raise RuntimeError(f"spark-vllm bench failed: {r.stderr[-800:]}")
         return json.loads(r.stdout)["levels"]
 
+    def outcome(self, t0: float, got: dict, marks: dict[str, float | None], serve: bool) -> dict:
+        """A cold start's figures (seconds from t0), then the serving sweep on the server it started."""
+        result = {"total_s": got["first_token"] - t0, "marks_s": rel(marks, t0)}
+        if serve:
+            result["serving"] = self.serving()
+        return result
+
     def cold_ours(self, serve: bool) -> dict:
         try:
             t0 = time.time()
@@ -225,12 +232,9 @@ class Bench:
             marks = {"vllm_flags_checked": head.when(r"accepted the flags"), "ray_started": head.when(r"Ray head started"),
                      "cluster_complete": head.when(r"cluster complete"), "healthy": got["health"],
                      "first_token": got["first_token"]}
-            result = {"total_s": got["first_token"] - t0, "marks_s": rel(marks, t0)}
-            if serve:
-                result["serving"] = self.serving()
+            return self.outcome(t0, got, marks, serve)
         finally:
             clear(self.net)
-        return result
 
     def cold_theirs(self, serve: bool) -> dict:
         try:
@@ -252,12 +256,9 @@ class Bench:
             marks = {"ray_head_started": t_head, "ray_worker_joined": t_worker,
                      "vllm_flags_checked": server.when(r"non-default args"), "healthy": got["health"],
                      "first_token": got["first_token"]}
-            result = {"total_s": got["first_token"] - t0, "marks_s": rel(marks, t0)}
-            if serve:
-                result["serving"] = self.serving()
+            return self.outcome(t0, got, marks, serve)
         finally:
             clear(self.net)
-        return result
 
 
 def rel(marks: dict[str, float | None], t0: float) -> dict[str, float | None]:

@@ -145,14 +145,8 @@ def start_serve(node: netns.SimNode, label: str, workdir: Path, on_line: Callabl
 
 
 def stop_run(run: NodeRun, timeout: float = 60.0) -> int | None:
-    """SIGTERM (what `spark-vllm stop` sends), bounded; the namespace teardown kills the rest."""
-    if run.proc.poll() is None:
-        run.proc.terminate()
-        try:
-            run.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            run.proc.kill()
-    return run.proc.returncode
+    """SIGTERM, bounded; the namespace teardown kills the rest."""
+    return netns.terminate(run.proc, timeout)
 
 
 @dataclass(frozen=True)

@@ -84,15 +84,7 @@ class NodeProcess:
         return time.monotonic() - start
 
     def stop(self, timeout: float = 60.0) -> int | None:
-        """SIGTERM (what `spark-vllm stop` sends), bounded."""
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
-        return self.proc.returncode
+        return netns.terminate(self.proc, timeout)
 
 
 @contextlib.contextmanager

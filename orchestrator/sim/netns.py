@@ -327,6 +327,19 @@ def available(backend: str | None = None) -> str | None:
     return nsops.unavailable(backend or ("ip" if shutil.which("ip") else "pyroute2"))
 
 
+def terminate(proc: subprocess.Popen, timeout: float = 60.0) -> int | None:
+    """SIGTERM to one process we started (what `spark-vllm stop` sends), SIGKILL if it
+    is still there after `timeout`; its exit code."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+    return proc.returncode
+
+
 def wait_empty(namespaces: tuple[str, ...], timeout_s: float = 15.0) -> dict[str, list[int]]:
     """The pids still in each namespace once all are empty or `timeout_s` passed
     (processes stopped by SIGTERM take a moment to go)."""
