@@ -8,7 +8,9 @@ IMAGE=${1:-localhost/spark-vllm:standin}
 BASE=localhost/spark-vllm-standin-base
 ROOTFS=${ROOTFS:-/tmp/spark-vllm-standin-rootfs}
 cd "$(dirname "$0")/.."
-command -v buildah >/dev/null || { apt-get update -qq && apt-get install -y -qq buildah debootstrap; }
+command -v buildah >/dev/null && command -v debootstrap >/dev/null || {
+    echo "installing buildah and debootstrap"
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq buildah debootstrap >/dev/null; }
 if ! buildah inspect --type image "$BASE" >/dev/null 2>&1; then
     [ -x "$ROOTFS/usr/bin/python3" ] || debootstrap --variant=minbase \
         --include=python3,python3-venv,python3-pip bookworm "$ROOTFS" http://deb.debian.org/debian
