@@ -1,4 +1,5 @@
-"""The README's performance table, made from benchmarks/results/latest.json.
+"""The README's performance table and docs/performance.md's table of cold-start
+phases, made from benchmarks/results/latest.json.
 
     .venv/bin/python -m benchmarks.report [results/latest.json]   # prints Markdown
 """
@@ -8,6 +9,8 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
+
+from benchmarks.plots import PHASES, median_marks
 
 ROWS = (
     ("discovery", "discovery (in-process vs `ip \\| grep` + sysfs walk)", "lower"),
@@ -47,6 +50,20 @@ def markdown(report: dict) -> str:
     return "\n".join(lines)
 
 
+def phases_markdown(report: dict) -> str:
+    """Each flow's cold-start marks, medians over the pairs in seconds from the first
+    command, in time order: where a cold start's time goes."""
+    cold = report.get("scenarios", {}).get("cold_start")
+    if not cold:
+        return ""
+    lines = ["| flow | phase ends (median s from the first command) |", "| --- | --- |"]
+    for who, name in (("ours", "spark-vllm"), ("theirs", "shell flow")):
+        marks = ", ".join(f"{PHASES.get(m, m)} {t:.1f}" for m, t in median_marks(cold["pairs"], who))
+        lines.append(f"| {name} | {marks} |")
+    return "\n".join(lines)
+
+
 if __name__ == "__main__":
     src = Path(sys.argv[1] if len(sys.argv) > 1 else Path(__file__).parent / "results" / "latest.json")
-    print(markdown(json.loads(src.read_text())))
+    report = json.loads(src.read_text())
+    print(markdown(report) + "\n\n" + phases_markdown(report))

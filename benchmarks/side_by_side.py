@@ -33,7 +33,6 @@ import re
 import statistics
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -127,12 +126,17 @@ def playbook_env(node: netns.SimNode, head_ip: str) -> dict[str, str]:
     r = node.run(PY, "-m", "launch", "env", "--json", "--sysfs-root", node.sysfs_root, "--head-ip", head_ip,
                  capture_output=True, text=True, env=base_env(), cwd=REPO, check=True)
     plan = json.loads(r.stdout)
-    return base_env(**{v["name"]: v["value"] for v in plan["variables"]}, SPARK_VLLM_SIMULATE="1")
+    # The playbook runs Ray without token auth. Said explicitly: Ray 2.60's `ray start --head`
+    # turns it on by itself when ~/.ray/auth_token exists (spark-vllm's default token file),
+    # and `ray start --address` does not, so the shell flow's worker would be refused.
+    return base_env(**{v["name"]: v["value"] for v in plan["variables"]}, SPARK_VLLM_SIMULATE="1",
+                    RAY_AUTH_MODE="disabled")
 
 
-def node_times(node: netns.SimNode, head_ip: str) -> dict[str, float]:
+def node_times(node: netns.SimNode, head_ip: str, env: dict[str, str]) -> dict[str, float]:
+    """When the GCS registered each node; `env` the flow's own (its Ray auth mode)."""
     r = node.run(PY, "-m", "benchmarks.probes", "node-times", f"{head_ip}:{RAY_PORT}", capture_output=True,
-                 text=True, env=base_env(), cwd=REPO, timeout=120)
+                 text=True, env=env, cwd=REPO, timeout=120)
     if r.returncode:
         raise RuntimeError(f"node-times probe failed: {r.stderr[-500:]}")
     return json.loads(r.stdout.strip().splitlines()[-1])
@@ -161,7 +165,8 @@ class Bench:
             self.proc(self.worker, self.ours(self.worker, "worker", "--head-ip", self.head.ip), base_env(),
                       "ours-worker")
             seen = head.wait_line(rf"node {re.escape(self.worker.ip)} joined", 120)
-            registered = node_times(self.head, self.head.ip)[self.worker.ip]
+            # Our nodes use token auth (spark-vllm's default), the token in ~/.ray/auth_token.
+            registered = node_times(self.head, self.head.ip, base_env(RAY_AUTH_MODE="token"))[self.worker.ip]
         finally:
             clear(self.net)
         return {"head_s": t_head - head.t_start, "formation_s": seen - t0, "registered_s": registered - t0,
@@ -177,7 +182,7 @@ class Bench:
                                                                         f"{self.head.ip}:{RAY_PORT}"),
                                self.env[self.worker.ip], "theirs-worker")
             t_exit = worker.wait_exit(120)
-            registered = node_times(self.head, self.head.ip)[self.worker.ip]
+            registered = node_times(self.head, self.head.ip, self.env[self.head.ip])[self.worker.ip]
         finally:
             clear(self.net)
         return {"head_s": t_head - head.t_start, "formation_s": registered - t0, "cli_exit_s": t_exit - t0}
@@ -343,9 +348,12 @@ def main(argv: list[str] | None = None) -> int:
                     "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     t_all = time.monotonic()
     netns.cleanup_stale("svbench")
-    with tempfile.TemporaryDirectory(prefix="spark-vllm-bench-") as tmp, \
-            netns.SimNetwork(nodes=2, prefix="svbench") as net:
-        workdir = Path(tmp)
+    # Every process's log, where an error can name it: this run's only.
+    workdir = RESULTS / "logs"
+    workdir.mkdir(parents=True, exist_ok=True)
+    for old in workdir.glob("*.log"):
+        old.unlink()
+    with netns.SimNetwork(nodes=2, prefix="svbench") as net:
         # A fixed place, so vLLM's compile cache (keyed by the model) stays warm between runs.
         model_dir = RESULTS / "model" / "tiny-llama"
         model = str(model_dir if (model_dir / "config.json").exists() else make_tiny_model(model_dir))
@@ -392,10 +400,6 @@ def main(argv: list[str] | None = None) -> int:
                         "curve": {"ours": serving_curve(pairs, "ours"), "theirs": serving_curve(pairs, "theirs")}}
         finally:
             clear(net)
-            logs = RESULTS / "logs"
-            logs.mkdir(parents=True, exist_ok=True)
-            for f in workdir.glob("*.log"):
-                (logs / f.name).write_text(f.read_text())
     report["scenarios"] = scen
     report["ratios"] = {k: scen[k]["ratio"] for k in ("discovery", "cluster_formation", "cold_start",
                                                         "serving_throughput") if k in scen}

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from benchmarks.report import markdown
+from benchmarks.report import markdown, phases_markdown
 from benchmarks.side_by_side import goals, ratio, serving_curve, spread
 
 
@@ -47,3 +47,14 @@ def test_readme_table_rows_come_from_the_json():
     assert "| cold start to the first token | 0.75 (0.50 to 0.90, n=3) | lower | <= 0.75 | yes |" in table
     assert "0.25 s (0.20 to 0.30, n=3)" in table
     assert "spark-vllm 30.0, shell flow 40.0" in table
+
+
+def test_phases_table_lists_each_flows_median_marks_in_time_order():
+    cold = {"pairs": [{"ours": {"marks_s": {"healthy": 20.0, "ray_started": 3.0, "first_token": 21.0}},
+                       "theirs": {"marks_s": {"ray_head_started": 5.0, "healthy": 30.0, "first_token": None}}},
+                      {"ours": {"marks_s": {"healthy": 24.0, "ray_started": 4.0, "first_token": 25.0}},
+                       "theirs": {"marks_s": {"ray_head_started": 7.0, "healthy": 32.0, "first_token": 33.0}}}]}
+    table = phases_markdown({"scenarios": {"cold_start": cold}}).splitlines()
+    assert table[2] == "| spark-vllm | Ray head start 3.5, engine build (to /health) 22.0, first token 23.0 |"
+    assert table[3] == "| shell flow | ray start --head 6.0, engine build (to /health) 31.0, first token 33.0 |"
+    assert phases_markdown({"scenarios": {}}) == ""
