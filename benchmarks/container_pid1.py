@@ -38,14 +38,15 @@ def buildah(*args: str) -> str:
 class Pid1:
     """`spark-vllm ARGS` as PID 1 of a new PID namespace inside `node`, chrooted into `root`."""
 
-    def __init__(self, node: netns.SimNode, root: str, args: list[str], log: Path) -> None:
+    def __init__(self, node: netns.SimNode, root: str, args: list[str], log: Path,
+                 env: dict[str, str] | None = None) -> None:
         self.node, self.root, self.log = node, root, log
         sysfs = f"/run/sysfs-{node.index}"
         os.makedirs(root + sysfs, exist_ok=True)
         script = (f"mount -t proc proc {root}/proc && mount --rbind /dev {root}/dev && "
                   f"mount --rbind /sys {root}/sys && mount --bind {node.sysfs_root} {root}{sysfs} && "
                   f"exec chroot {root} /usr/local/bin/spark-vllm {' '.join(args)} --sysfs-root {sysfs}")
-        env = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "HOME": "/root"}
+        env = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "HOME": "/root", **(env or {})}
         self.proc = node.popen("unshare", "--pid", "--fork", "--mount", "--propagation", "private",
                                "sh", "-c", script, env=env, stdin=subprocess.DEVNULL,
                                stdout=subprocess.DEVNULL, stderr=open(log, "w"))
@@ -117,13 +118,16 @@ def run_pid1(image: str, light: bool, prefix: str = "svbench") -> dict:
 def run_full(root, head_node, worker_node, logs, checks, procs, net) -> float:
     """Head and worker up as PID 1, health on both, SIGTERM to each; the head's ready time."""
     common = ["--simulate", "--nodes", "2", "--wait-timeout", "180"]
+    # The worker as `container run --worker HEAD_IP` starts it: the head from the environment.
+    to_head = {"SPARK_VLLM_HEAD_IP": head_node.ip}
     head = Pid1(head_node, root, ["head", *common], logs / "head.log")
     procs.append(head)
-    worker = Pid1(worker_node, root, ["worker", "--head-ip", head_node.ip, *common], logs / "worker.log")
+    worker = Pid1(worker_node, root, ["worker", *common], logs / "worker.log", env=to_head)
     procs.append(worker)
     ready_s = round(head.wait_for("head ready"), 1)
     worker.wait_for("joined the cluster")
     checks["start_summary"] = next(ln for ln in head.text().splitlines() if "settings:" in ln)
+    checks["worker_start_summary"] = next(ln for ln in worker.text().splitlines() if "settings:" in ln)
     checks["pid1_is_spark_vllm"] = "spark-vllm" in " ".join(psutil.Process(head.pid1).cmdline())
     for who, p in (("head", head), ("worker", worker)):
         r = p.inside("health")
@@ -133,7 +137,7 @@ def run_full(root, head_node, worker_node, logs, checks, procs, net) -> float:
     code, took = worker.stop()
     checks["sigterm_worker"] = {"exit": code, "seconds": round(took, 1),
                                 "left_in_namespace": netns.pids(worker_node.netns)}
-    worker = Pid1(worker_node, root, ["worker", "--head-ip", head_node.ip, *common], logs / "worker2.log")
+    worker = Pid1(worker_node, root, ["worker", *common], logs / "worker2.log", env=to_head)
     procs.append(worker)
     worker.wait_for("joined the cluster")
     code, took = head.stop()

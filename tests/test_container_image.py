@@ -65,6 +65,8 @@ def test_pid1_without_ray_stops_on_sigterm_and_fails_in_one_line(image):
 
 def test_pid1_head_and_worker_form_a_cluster_and_stop_cleanly(image):
     checks = run_pid1(image, light=False, prefix=PREFIX)["checks"]
+    # Configured as `container run --worker` configures it: SPARK_VLLM_HEAD_IP, no flag.
+    assert "head-ip=192.168.100.10 (env)" in checks["worker_start_summary"], checks["worker_start_summary"]
     assert checks["health_head"][0] == 0 and "healthy: the head on" in checks["health_head"][1]
     assert checks["health_worker"][0] == 0 and "healthy: the worker on" in checks["health_worker"][1]
     assert checks["sigterm_worker"]["exit"] == 0 and checks["sigterm_worker"]["left_in_namespace"] == []
