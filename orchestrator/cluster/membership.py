@@ -56,10 +56,12 @@ def wait_for_port(host: str, port: int, timeout: float,
 
 
 def log_changes(before: ClusterState | None, now: ClusterState) -> None:
-    """One line per node that joined or left between two looks at the cluster."""
-    for n in newly_joined(before, now):
+    """One line per node that joined or left between two looks at the cluster; nodes
+    first seen together (a driver attaching to a formed cluster) are counted one by one."""
+    joined = newly_joined(before, now)
+    for count, n in enumerate(joined, len(now.gpu_nodes) - len(joined) + 1):
         log.info("node %s joined (%g GPU%s) - %d of %d GPU nodes",
-                 n.ip, n.gpus, "" if n.gpus == 1 else "s", len(now.gpu_nodes), now.want)
+                 n.ip, n.gpus, "" if n.gpus == 1 else "s", count, now.want)
     for n in newly_lost(before, now):
         log.warning("node %s left the cluster (%s)", n.ip, now.summary())
 

@@ -445,3 +445,17 @@ def test_run_record_state_and_wait_while_starting(tmp_path):
     runstate.write_record(tmp_path, dataclasses.replace(rec, state="serving"))
     assert runstate.wait_while_starting(tmp_path, rec, timeout=5, poll=0.05).state == "serving"
     assert [p.name for p in tmp_path.iterdir()] == ["node-192.168.100.10.json"]  # no temp file left
+
+
+def test_nodes_first_seen_together_are_counted_one_by_one(caplog):
+    """Attached to a formed cluster (`ray job submit`), both nodes are new at the first look."""
+    from orchestrator.cluster.membership import log_changes
+
+    one = ClusterState(parse_nodes([row("h", HEAD, head=True)]), 3)
+    two = ClusterState(parse_nodes([row("h", HEAD, head=True), row("w", WORKER)]), 3)
+    with caplog.at_level("INFO", logger="spark_vllm"):
+        log_changes(None, two)
+        log_changes(one, two)
+    assert [r.getMessage() for r in caplog.records] == [
+        f"node {HEAD} joined (1 GPU) - 1 of 3 GPU nodes", f"node {WORKER} joined (1 GPU) - 2 of 3 GPU nodes",
+        f"node {WORKER} joined (1 GPU) - 2 of 3 GPU nodes"]

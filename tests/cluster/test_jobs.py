@@ -107,6 +107,25 @@ def test_the_job_attaches_and_serves_tp2_over_both_nodes(job):
     assert job["head"].proc.poll() is None and job["worker"].proc.poll() is None
 
 
+def test_a_job_asking_for_more_nodes_than_joined_fails_in_one_line(job):
+    """Beside the serving job: a second one wants 3 GPU nodes of a 2-node cluster. It
+    fails after its --wait-timeout with one error line and exit 5 (FAILED in Ray's
+    words), starts no engine, and the first job serves on."""
+    s, failing = job["sparks"], "spark-vllm-too-big"
+    entrypoint = [sys.executable, "-m", "launch", "serve", job["model"], "--simulate", "--nodes", "3",
+                  "--sysfs-root", s.head_node.sysfs_root, "--port", "8001", "--wait-timeout", "5", *SIM_VLLM_FLAGS]
+    r = ray_cli(s, "job", "submit", "--address", DASHBOARD, "--submission-id", failing, "--", *entrypoint,
+                timeout=240)
+    out = re.sub(r"\x1b\[[0-9;]*m", "", r.stdout + r.stderr)
+    assert r.returncode != 0 and f"Job '{failing}' failed" in out, out[-3000:]
+    # One error line (Ray's CLI prints the job's last lines twice: as they come, then in its status).
+    errors = {line for line in out.splitlines() if line.startswith("spark-vllm: error: ")}
+    assert len(errors) == 1 and "only 2 of 3 GPU nodes" in errors.pop(), out[-3000:]
+    assert f"node {HEAD_IP} joined (1 GPU) - 1 of 3 GPU nodes" in out
+    assert "exit code 5" in out and "Traceback" not in out and "EngineCore" not in out, out[-3000:]
+    assert f"Status for job '{JOB_ID}': RUNNING" in job_status(s)
+
+
 def test_ray_job_stop_drains_and_the_cluster_stays(job):
     """Last: `ray job stop` signals the driver and its descendants (vLLM's engine process
     too) at once; the requests in flight still complete, the server ends, the job is
