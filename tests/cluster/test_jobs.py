@@ -38,18 +38,27 @@ SERVING_PROCESSES = ("launch serve", "EngineCore", "RayWorkerWrapper")
 VLLM_SHUTDOWN_NOTE = re.compile(r"^\(APIServer pid=\d+\) ERROR .*\[async_llm\.py:\d+\] Traceback")
 
 
+# The `ray` CLI as a user runs it on the head: token auth on, the token in ~/.ray/auth_token
+# (the test's HOME).
+CLI_ENV = {"RAY_AUTH_MODE": "token"}
+
+
 def ray_cli(s, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
-    """The `ray` CLI in the head's namespace, as a user types it there: token auth on,
-    the token in ~/.ray/auth_token (the test's HOME)."""
-    return s.head_node.run(RAY, *args, env=s.env({"RAY_AUTH_MODE": "token"}), capture_output=True, text=True,
-                           timeout=timeout, cwd=REPO)
+    """The `ray` CLI in the head's namespace."""
+    return s.head_node.run(RAY, *args, env=s.env(CLI_ENV), capture_output=True, text=True, timeout=timeout,
+                           cwd=REPO)
+
+
+def plain(text: str) -> str:
+    """The CLI's output without its colours."""
+    return re.sub(r"\x1b\[[0-9;]*m", "", text)
 
 
 def job_status(s) -> str:
     """What `ray job status` says ("Status for job 'ID': RUNNING", "Job 'ID' was stopped")."""
     r = ray_cli(s, "job", "status", "--address", DASHBOARD, JOB_ID)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
-    return re.sub(r"\x1b\[[0-9;]*m", "", r.stdout + r.stderr)  # without the CLI's colours
+    return plain(r.stdout + r.stderr)
 
 
 def serving_processes(node: netns.SimNode) -> list[str]:
@@ -79,7 +88,7 @@ def job(netns_ok, tmp_path_factory):
         logs = s.tmp / "job.log"
         with open(logs, "w") as out:
             follow = s.head_node.popen(RAY, "job", "logs", "--address", DASHBOARD, "--follow", JOB_ID,
-                                       env=s.env({"RAY_AUTH_MODE": "token"}), stdin=subprocess.DEVNULL,
+                                       env=s.env(CLI_ENV), stdin=subprocess.DEVNULL,
                                        stdout=out, stderr=subprocess.STDOUT, cwd=REPO)
         try:
             deadline = time.monotonic() + ENGINE_S
@@ -116,7 +125,7 @@ def test_a_job_asking_for_more_nodes_than_joined_fails_in_one_line(job):
                   "--sysfs-root", s.head_node.sysfs_root, "--port", "8001", "--wait-timeout", "5", *SIM_VLLM_FLAGS]
     r = ray_cli(s, "job", "submit", "--address", DASHBOARD, "--submission-id", failing, "--", *entrypoint,
                 timeout=240)
-    out = re.sub(r"\x1b\[[0-9;]*m", "", r.stdout + r.stderr)
+    out = plain(r.stdout + r.stderr)
     assert r.returncode != 0 and f"Job '{failing}' failed" in out, out[-3000:]
     # One error line (Ray's CLI prints the job's last lines twice: as they come, then in its status).
     errors = {line for line in out.splitlines() if line.startswith("spark-vllm: error: ")}
