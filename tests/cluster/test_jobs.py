@@ -14,10 +14,8 @@ import sys
 import time
 from pathlib import Path
 
-import psutil
 import pytest
 
-from orchestrator.sim import netns
 from orchestrator.sim.demo import SIM_VLLM_FLAGS
 from orchestrator.sim.load import Background
 from orchestrator.sim.tinymodel import make_tiny_model
@@ -31,9 +29,10 @@ JOB_ID = "spark-vllm-serve"
 URL = f"http://{HEAD_IP}:8000"
 ENGINE_S = 360  # vLLM's engine build in a job on 2 busy cores; usually 40 to 90 s
 STREAM_TOKENS = 160
-# What serving leaves on the head while it runs: the job's driver (serve), vLLM's engine
-# process, and the Ray workers that hold vLLM's TP ranks.
-SERVING_PROCESSES = ("launch serve", "EngineCore", "RayWorkerWrapper")
+# What serving runs while it serves: the job's driver (serve) and vLLM's engine process
+# on the head, and the Ray workers that hold vLLM's TP ranks on both Sparks (RayWorkerProc
+# in vLLM 0.32, RayWorkerWrapper before).
+SERVING_PROCESSES = ("launch serve", "EngineCore", "RayWorker")
 # vLLM's output handler logging the engine process's exit, once the drain is done.
 VLLM_SHUTDOWN_NOTE = re.compile(r"^\(APIServer pid=\d+\) ERROR .*\[async_llm\.py:\d+\] Traceback")
 
@@ -61,16 +60,10 @@ def job_status(s) -> str:
     return plain(r.stdout + r.stderr)
 
 
-def serving_processes(node: netns.SimNode) -> list[str]:
-    found = []
-    for pid in netns.pids(node.netns):
-        try:
-            p = psutil.Process(pid)
-            line = f"{p.name()} {' '.join(p.cmdline())}"
-        except psutil.Error:
-            continue
-        found += [f"{pid} {line[:160]}" for name in SERVING_PROCESSES if name in line]
-    return found
+def serving_processes(s) -> list[str]:
+    """What of SERVING_PROCESSES runs in either Spark (vLLM names its processes in their
+    command lines: VLLM::EngineCore, ray::RayWorkerProc.run)."""
+    return [line for line in s.left() if any(name in line for name in SERVING_PROCESSES)]
 
 
 @pytest.fixture(scope="module")
@@ -112,6 +105,10 @@ def test_the_job_attaches_and_serves_tp2_over_both_nodes(job):
     assert f"Status for job '{JOB_ID}': RUNNING" in job_status(s)
     got = ns_http(s.worker_node, URL + "/v1/completions", {"model": job["model"], "prompt": "Hello", "max_tokens": 6})
     assert got["status"] == 200 and '"completion_tokens":6' in got["body"].replace(" ", ""), got
+    # What the last test must see gone runs now: each kind, and a TP rank on each Spark.
+    running = serving_processes(s)
+    assert all(any(name in line for line in running) for name in SERVING_PROCESSES), running
+    assert {line.split(":")[0] for line in running if "RayWorker" in line} == set(s.net.namespaces), running
     # The job runs beside the nodes it attached to: the head still owns the cluster.
     assert job["head"].proc.poll() is None and job["worker"].proc.poll() is None
 
@@ -161,7 +158,7 @@ def test_ray_job_stop_drains_and_the_cluster_stays(job):
     assert all(VLLM_SHUTDOWN_NOTE.search(line) for line in tracebacks), text[-4000:]
     assert "SIGTERM received" not in text, text[-4000:]  # no stack dump from Ray's crash handler
     deadline = time.monotonic() + 30
-    while (left := serving_processes(s.head_node)) and time.monotonic() < deadline:
+    while (left := serving_processes(s)) and time.monotonic() < deadline:
         time.sleep(0.5)
     assert not left, "left after the job stopped:\n" + "\n".join(left)
     r, out = s.status(s.worker_node)
