@@ -19,8 +19,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from orchestrator.sim.demo import serving_cluster
-from orchestrator.sim.tinymodel import make_tiny_model
+from orchestrator.sim.demo.run import serving_cluster
+from orchestrator.sim.models.tinymodel import make_tiny_model
 
 RESULTS = Path(__file__).resolve().parent / "results" / "cluster_scenarios.json"
 SCENARIOS = {
@@ -39,7 +39,7 @@ def run(name: str, workdir: Path, model: str) -> dict:
                              nodes=nodes, flags=flags, timeout=900) as sim:
             result["ready_s"] = round(time.monotonic() - t0, 1)
             t1 = time.monotonic()
-            out = sim.client().run(sys.executable, "-m", "orchestrator.sim.client", sim.url, model,
+            out = sim.client().run(sys.executable, "-m", "orchestrator.sim.demo.client", sim.url, model,
                                    capture_output=True, text=True, timeout=300)
             result["requests_ok"] = out.returncode == 0
             result["requests_s"] = round(time.monotonic() - t1, 2)

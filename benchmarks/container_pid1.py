@@ -25,7 +25,7 @@ from pathlib import Path
 
 import psutil
 
-from orchestrator.sim import netns
+from orchestrator.sim.namespaces import netns
 
 DEFAULT_IMAGE = "localhost/spark-vllm:standin"
 RESULTS = Path(__file__).parent / "results"

@@ -1,6 +1,6 @@
 """Discovery time: spark-vllm in-process against the playbook's shell pipeline.
 
-Both run inside one simulated Spark (a network namespace from `orchestrator.sim.netns`,
+Both run inside one simulated Spark (a network namespace from `orchestrator.sim.namespaces.netns`,
 so the interface and RoCE names are the real ones) in the same run:
 
 - in-process: `discover` (one netlink dump + the sysfs RoCE walk) + `choose_interface`
@@ -118,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(inside(args.inside, args.runs, args.cli_runs, args.rounds)))
         return 0
 
-    from orchestrator.sim import netns
+    from orchestrator.sim.namespaces import netns
 
     reason = netns.available()
     if reason:

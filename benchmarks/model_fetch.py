@@ -24,7 +24,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from orchestrator.sim import netns
+from orchestrator.sim.namespaces import netns
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results" / "model_fetch.json"

@@ -27,10 +27,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from orchestrator.sim import netns
-from orchestrator.sim.demo import serving_cluster, start_serve, stop_run
-from orchestrator.sim.load import Background
-from orchestrator.sim.tinymodel import make_tiny_model
+from orchestrator.sim.namespaces import netns
+from orchestrator.sim.demo.run import serving_cluster, start_serve, stop_run
+from orchestrator.sim.demo.load import Background
+from orchestrator.sim.models.tinymodel import make_tiny_model
 
 RESULTS = Path(__file__).resolve().parent / "results" / "recovery.json"
 

@@ -37,9 +37,9 @@ import threading
 import time
 from pathlib import Path
 
-from orchestrator.sim import netns
-from orchestrator.sim.demo import SIM_VLLM_FLAGS
-from orchestrator.sim.tinymodel import make_tiny_model
+from orchestrator.sim.namespaces import netns
+from orchestrator.sim.demo.run import SIM_VLLM_FLAGS
+from orchestrator.sim.models.tinymodel import make_tiny_model
 
 from . import shell_flow
 

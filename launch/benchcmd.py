@@ -18,7 +18,7 @@ import tempfile
 from pathlib import Path
 
 from orchestrator.errors import SimulationError, UsageError
-from orchestrator.ops.bench import BenchRequest, parse_concurrencies, run_bench
+from orchestrator.ops.observation.bench import BenchRequest, parse_concurrencies, run_bench
 from orchestrator.settings import Settings
 
 from .clustercmd import sigterm_stops
@@ -74,8 +74,8 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
 
 def on_simulated_cluster(args: argparse.Namespace) -> list[dict]:
     """The simulated two-Spark cluster, this command run inside its last Spark."""
-    from orchestrator.sim.demo import serving_cluster
-    from orchestrator.sim.tinymodel import make_tiny_model
+    from orchestrator.sim.demo.run import serving_cluster
+    from orchestrator.sim.models.tinymodel import make_tiny_model
 
     workdir = Path(tempfile.mkdtemp(prefix="spark-vllm-bench-"))
     try:

@@ -13,7 +13,7 @@ import os
 import sys
 
 from orchestrator import __version__, errors
-from orchestrator.ops import logs
+from orchestrator.ops.observation import logs
 from orchestrator.settings import Settings
 
 from . import (benchcmd, clustercmd, containercmd, democmd, doctorcmd, fabriccmd, healthcmd, modelscmd, netcmd,

@@ -1,6 +1,6 @@
 """`spark-vllm container run|stop|logs|status`: the host side, instead of `run_cluster.sh`.
 
-`run` plans the `docker run` of this Spark (`orchestrator.ops.container.plan_run`),
+`run` plans the `docker run` of this Spark (`orchestrator.ops.deployment.container.plan_run`),
 prints it with `--dry-run`, runs it otherwise.
 """
 
@@ -11,7 +11,7 @@ import os
 import shlex
 import subprocess
 
-from orchestrator.ops import container
+from orchestrator.ops.deployment import container
 from orchestrator.settings import Settings
 
 from .options import add_json, print_json

@@ -9,8 +9,8 @@ import tempfile
 from pathlib import Path
 
 from orchestrator.errors import SimulationError
-from orchestrator.sim.demo import MODELS, run_demo
-from orchestrator.sim.greedy import NEAR_TIE
+from orchestrator.sim.demo.run import MODELS, run_demo
+from orchestrator.sim.demo.greedy import NEAR_TIE
 from orchestrator.settings import Settings
 
 from .clustercmd import sigterm_stops

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from orchestrator.errors import PreflightFailed
-from orchestrator.ops.doctor import DoctorRequest, run_doctor
+from orchestrator.ops.diagnosis.doctor import DoctorRequest, run_doctor
 from orchestrator.settings import Settings
 
 from .clustercmd import add_auth_options

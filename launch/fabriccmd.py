@@ -7,7 +7,7 @@ import logging
 
 from orchestrator.cluster import ray_node
 from orchestrator.errors import UsageError
-from orchestrator.ops import fabric
+from orchestrator.ops.diagnosis import fabric
 from orchestrator.settings import Settings
 
 from .clustercmd import add_auth_options, attached

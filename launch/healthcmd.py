@@ -7,7 +7,7 @@ import argparse
 import os
 
 from orchestrator.cluster import runstate
-from orchestrator.ops.nodehealth import judge
+from orchestrator.ops.supervision.nodehealth import judge
 from orchestrator.serve.health import health_state
 from orchestrator.settings import Settings
 

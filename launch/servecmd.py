@@ -17,7 +17,8 @@ import time
 
 from orchestrator.cluster import ray_node
 from orchestrator.net.discovery import discover
-from orchestrator.ops import logs, metrics, recovery
+from orchestrator.ops.observation import logs, metrics
+from orchestrator.ops.supervision import recovery
 from orchestrator.serve import engine, health, vllm_plugin
 from orchestrator.cluster.bootstrap import SIMULATE_VAR, NodePlan, apply_environment
 from orchestrator.settings import Settings

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.sim import netns
+from orchestrator.sim.namespaces import netns
 from orchestrator.net.discovery import Interface
 
 PREFIX = "svtest"

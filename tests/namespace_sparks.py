@@ -15,7 +15,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from orchestrator.sim import netns
+from orchestrator.sim.namespaces import netns
 
 from conftest import PREFIX, RAY_TOKEN, REPO, clean_env
 

@@ -20,27 +20,35 @@ ORDER = ("net", "cluster", "serve", "models", "ops")
 
 
 def imported_stages(path, root=REPO) -> set[str]:
-    """The orchestrator sub-packages a module imports (absolute or relative)."""
-    parts = path.relative_to(root).parts  # ("orchestrator", stage, module) or ("orchestrator", module)
-    package = parts[1] if len(parts) > 2 else ""
+    """The orchestrator sub-packages (stages) a module imports, absolute or relative at
+    any depth (a module of orchestrator/ops/supervision/ reaches the stages with `...`)."""
+    package = list(path.relative_to(root).parts[:-1])  # ["orchestrator", stage, sub...]
     found = set()
+
+    def add(dotted: list[str]) -> None:
+        if len(dotted) > 1 and dotted[0] == "orchestrator":
+            found.add(dotted[1])
+
     for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.ImportFrom):
-            if node.level == 0 and node.module and node.module.startswith("orchestrator."):
-                found.add(node.module.split(".")[1])
-            elif node.level == 1 and package:
-                found.add(package)
-            elif node.level == 2:
-                found.add(node.module.split(".")[0] if node.module else "")
-                found.update(a.name for a in node.names if not node.module)
+            if node.level == 0:
+                base = (node.module or "").split(".")
+            else:
+                base = package[:len(package) - (node.level - 1)] + (node.module.split(".") if node.module else [])
+            if len(base) > 1:
+                add(base)
+            else:  # `from .. import net`: the names are the stages
+                for a in node.names:
+                    add(base + [a.name])
         elif isinstance(node, ast.Import):
-            found.update(a.name.split(".")[1] for a in node.names if a.name.startswith("orchestrator."))
+            for a in node.names:
+                add(a.name.split("."))
     return found
 
 
 def product_modules():
     for stage in PRODUCT:
-        yield from sorted((REPO / "orchestrator" / stage).glob("*.py"))
+        yield from sorted((REPO / "orchestrator" / stage).rglob("*.py"))
     yield REPO / "orchestrator" / "errors.py"
     yield REPO / "orchestrator" / "settings.py"
 
@@ -49,7 +57,7 @@ def product_modules():
 def test_the_product_never_imports_the_simulation_nor_a_later_stage(path):
     stages = imported_stages(path)
     assert "sim" not in stages
-    own = path.parent.name
+    own = path.relative_to(REPO / "orchestrator").parts[0]
     if own in ORDER:
         later = set(ORDER[ORDER.index(own) + 1:])
         assert not stages & later, f"{path.name} imports a later stage: {stages & later}"
@@ -60,6 +68,21 @@ def test_the_checker_sees_relative_and_absolute_imports(tmp_path):
     probe = tmp_path / "orchestrator" / "net" / "probe.py"
     probe.write_text("from ..sim import netns\nfrom orchestrator.serve.engine import x\nfrom .plan import y\n")
     assert imported_stages(probe, root=tmp_path) == {"sim", "serve", "net"}
+    (tmp_path / "orchestrator" / "ops" / "supervision").mkdir(parents=True)
+    deep = tmp_path / "orchestrator" / "ops" / "supervision" / "deep.py"
+    deep.write_text("from ...cluster.nodes import x\nfrom ... import sim\nfrom .supervisor import y\n"
+                    "from ..observation import logs\n")
+    assert imported_stages(deep, root=tmp_path) == {"cluster", "sim", "ops"}
+
+
+MAX_MODULES = 9  # a folder that holds more names more than one concern
+
+
+@pytest.mark.parametrize("folder", sorted({p.parent for p in (REPO / "orchestrator").rglob("*.py")}),
+                         ids=lambda p: str(p.relative_to(REPO)))
+def test_each_folder_holds_one_concern_of_at_most_nine_modules(folder):
+    modules = [p for p in folder.glob("*.py") if p.name != "__init__.py"]
+    assert len(modules) <= MAX_MODULES, f"{folder.relative_to(REPO)}: {len(modules)} modules"
 
 
 def test_installed_wheel_ships_every_package_and_the_vllm_plugin(tmp_path):
@@ -83,4 +106,4 @@ def test_installed_wheel_ships_every_package_and_the_vllm_plugin(tmp_path):
              "print(off, f(), metadata.entry_points(group='console_scripts')['spark-vllm'].value)")
     out = subprocess.run([py, "-c", probe], capture_output=True, text=True, cwd=tmp_path)
     assert out.returncode == 0, out.stderr
-    assert out.stdout.split() == ["None", "orchestrator.sim.vllm_platform.SimulatedSparkPlatform", "launch.cli:main"]
+    assert out.stdout.split() == ["None", "orchestrator.sim.platform.vllm_platform.SimulatedSparkPlatform", "launch.cli:main"]

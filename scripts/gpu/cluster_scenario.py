@@ -25,7 +25,7 @@ from pathlib import Path
 
 import psutil
 
-from orchestrator.sim import gpusim, netns
+from orchestrator.sim.namespaces import gpusim, netns
 
 HEAD_IP = "192.168.100.10"
 NCCL_WORDS = ("NCCL version", "nNodes", "via NET", "Using network", "NET/Socket", "Channel 00")

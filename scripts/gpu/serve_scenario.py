@@ -19,8 +19,8 @@ from pathlib import Path
 
 import psutil
 
-from orchestrator.sim.demo import serving_cluster
-from orchestrator.sim.tinymodel import make_tiny_model
+from orchestrator.sim.demo.run import serving_cluster
+from orchestrator.sim.models.tinymodel import make_tiny_model
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from cluster_scenario import say, versions  # noqa: E402
@@ -52,7 +52,7 @@ def main(out_dir: str, gpu: bool = True) -> int:
         with serving_cluster(work, model, show, gpu=gpu, timeout=480, prefix="svgpu") as sim:
             result["ready_s"] = round(sim.ready_s, 1)
             node = sim.client()
-            r = node.run(sys.executable, "-m", "orchestrator.sim.client", sim.url, model,
+            r = node.run(sys.executable, "-m", "orchestrator.sim.demo.client", sim.url, model,
                          capture_output=True, text=True, timeout=180)
             result["requests"] = json.loads(r.stdout) if r.returncode == 0 else {"error": r.stderr[-2000:]}
             say("client", json.dumps(result["requests"]))

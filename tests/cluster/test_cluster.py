@@ -22,7 +22,7 @@ import pytest
 
 from launch.cli import exit_code_for
 from orchestrator import errors
-from orchestrator.sim import netns
+from orchestrator.sim.namespaces import netns
 
 from namespace_sparks import HEAD_IP, READY, START_S, WORKER_IP, healthy_cluster, two_sparks
 

@@ -16,9 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.sim.demo import SIM_VLLM_FLAGS
-from orchestrator.sim.load import Background
-from orchestrator.sim.tinymodel import make_tiny_model
+from orchestrator.sim.demo.run import SIM_VLLM_FLAGS
+from orchestrator.sim.demo.load import Background
+from orchestrator.sim.models.tinymodel import make_tiny_model
 
 from conftest import REPO, ns_http
 from namespace_sparks import HEAD_IP, WORKER_IP, healthy_cluster

@@ -13,7 +13,7 @@ from orchestrator.errors import BadToken, GatedModel, NotEnoughDisk, OfflineNotC
 from orchestrator.models.hub import (HubAccess, cached_bytes, fetch_here, plan_repo, repo_cache_dir, require_disk,
                                      select_files)
 from orchestrator.models.memory import local_weights_bytes
-from orchestrator.sim.tinymodel import make_tiny_model
+from orchestrator.sim.models.tinymodel import make_tiny_model
 
 
 @pytest.fixture(scope="module")

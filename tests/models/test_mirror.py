@@ -11,7 +11,7 @@ import fakehub
 from orchestrator.errors import HubError
 from orchestrator.models.hub import HubAccess, fetch_here
 from orchestrator.models.mirror import SnapshotServer, copy_from_head
-from orchestrator.sim.tinymodel import make_tiny_model
+from orchestrator.sim.models.tinymodel import make_tiny_model
 
 
 @pytest.fixture(scope="module")

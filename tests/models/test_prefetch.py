@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 
 from conftest import PREFIX, REPO, clean_env
-from orchestrator.sim import netns
-from orchestrator.sim.tinymodel import make_tiny_model
+from orchestrator.sim.namespaces import netns
+from orchestrator.sim.models.tinymodel import make_tiny_model
 
 HUB_PORT = 8765
 BIG = "hugging-quants/Meta-Llama-3.1-405B-Instruct-AWQ-INT4"  # the tiny model, under the 405B's name (its preset)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.sim import netns
+from orchestrator.sim.namespaces import netns
 from orchestrator.net.discovery import build_interfaces, discover, is_up, roce_map
 from orchestrator.errors import DiscoveryError, InterfaceDown
 from orchestrator.net.selection import choose_interface

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from orchestrator.errors import BenchFailed, UsageError
-from orchestrator.ops.bench import BenchRequest, LevelResult, client_argv, level_result, parse_concurrencies, run_bench
+from orchestrator.ops.observation.bench import BenchRequest, LevelResult, client_argv, level_result, parse_concurrencies, run_bench
 
 RAW = {"completed": 16, "failed": 0, "duration": 2.0, "output_throughput": 256.0, "request_throughput": 8.0,
        "p50_ttft_ms": 10.0, "p99_ttft_ms": 30.0, "p50_tpot_ms": 5.0, "p99_tpot_ms": 9.0,

@@ -11,7 +11,7 @@ import pytest
 
 from launch.exitcodes import exit_code_for
 from orchestrator import errors
-from orchestrator.ops.container import GROUP_FIX, HostFacts, RunRequest, diagnose, plan_run
+from orchestrator.ops.deployment.container import GROUP_FIX, HostFacts, RunRequest, diagnose, plan_run
 
 from conftest import REPO, clean_env
 

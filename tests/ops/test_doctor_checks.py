@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from orchestrator.net.discovery import Discovery
-from orchestrator.ops import checks as c
-from orchestrator.ops.facts import Facts, Gpu, Listener, ModelFacts, parse_meminfo, parse_nvidia_smi
+from orchestrator.ops.diagnosis import checks as c
+from orchestrator.ops.diagnosis.facts import Facts, Gpu, Listener, ModelFacts, parse_meminfo, parse_nvidia_smi
 
 GIB = 1 << 30
 

@@ -6,8 +6,8 @@ import pytest
 
 from orchestrator.cluster.nodes import ClusterState, NodeInfo
 from orchestrator.errors import FabricTestFailed, UsageError
-from orchestrator.ops import fabric
-from orchestrator.ops.fabric import Measurement
+from orchestrator.ops.diagnosis import fabric
+from orchestrator.ops.diagnosis.fabric import Measurement
 
 
 @pytest.mark.parametrize("text,want", [("4", 4), ("4K", 4096), ("64M", 64 << 20), ("1g", 1 << 30), ("256MiB", 256 << 20)])

@@ -14,7 +14,7 @@ import pytest
 from orchestrator import errors
 from orchestrator.cluster.bootstrap import NodeRequest, plan_node
 from orchestrator.net.discovery import Discovery
-from orchestrator.ops import logs
+from orchestrator.ops.observation import logs
 
 from conftest import REPO, clean_env
 

@@ -10,7 +10,7 @@ import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
 from orchestrator.cluster.nodes import ClusterState, NodeInfo
-from orchestrator.ops.metrics import Poller, ServingState, SparkCollector, samples
+from orchestrator.ops.observation.metrics import Poller, ServingState, SparkCollector, samples
 
 from conftest import REPO
 

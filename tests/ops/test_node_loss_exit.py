@@ -6,10 +6,10 @@ from __future__ import annotations
 
 import time
 
-from orchestrator.sim import netns
-from orchestrator.sim.demo import serving_cluster
-from orchestrator.sim.load import Background
-from orchestrator.sim.tinymodel import make_tiny_model
+from orchestrator.sim.namespaces import netns
+from orchestrator.sim.demo.run import serving_cluster
+from orchestrator.sim.demo.load import Background
+from orchestrator.sim.models.tinymodel import make_tiny_model
 
 from conftest import PREFIX, REPO, TIMINGS, clean_env
 

@@ -1,7 +1,7 @@
 """The HEALTHCHECK's decision, with plain run records."""
 
 from orchestrator.cluster.runstate import RunRecord
-from orchestrator.ops.nodehealth import judge
+from orchestrator.ops.supervision.nodehealth import judge
 
 
 def rec(role="worker", state="running"):

@@ -15,10 +15,10 @@ import time
 
 import pytest
 
-from orchestrator.sim import netns
-from orchestrator.sim.demo import serving_cluster, start_serve, stop_run
-from orchestrator.sim.load import Background
-from orchestrator.sim.tinymodel import make_tiny_model
+from orchestrator.sim.namespaces import netns
+from orchestrator.sim.demo.run import serving_cluster, start_serve, stop_run
+from orchestrator.sim.demo.load import Background
+from orchestrator.sim.models.tinymodel import make_tiny_model
 
 from conftest import PREFIX, REPO, TIMINGS, clean_env, ns_http
 

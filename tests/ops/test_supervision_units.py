@@ -17,9 +17,9 @@ import pytest
 from launch.exitcodes import exit_code_for
 from orchestrator.cluster.nodes import ClusterState, NodeInfo
 from orchestrator.errors import EngineFailed, NodeLost
-from orchestrator.ops import recovery
-from orchestrator.ops.recovery import Attempt, RecoveryPolicy, Unavailable, serve_supervised, wait_for_rejoin, whole
-from orchestrator.ops.supervisor import OK, REFUSED, SILENT, Loss, Supervisor, is_engine_process, judge, probe
+from orchestrator.ops.supervision import recovery
+from orchestrator.ops.supervision.recovery import Attempt, RecoveryPolicy, Unavailable, serve_supervised, wait_for_rejoin, whole
+from orchestrator.ops.supervision.supervisor import OK, REFUSED, SILENT, Loss, Supervisor, is_engine_process, judge, probe
 
 HEAD, WORKER = "192.168.100.10", "192.168.100.11"
 

@@ -13,10 +13,10 @@ import time
 
 import pytest
 
-from orchestrator.sim import netns
-from orchestrator.sim.demo import SIM_VLLM_FLAGS, serving_cluster
-from orchestrator.sim.greedy import EXACT_FLAGS, NEAR_TIE, hold_against_reference, served_generations
-from orchestrator.sim.tinymodel import make_tiny_model
+from orchestrator.sim.namespaces import netns
+from orchestrator.sim.demo.run import SIM_VLLM_FLAGS, serving_cluster
+from orchestrator.sim.demo.greedy import EXACT_FLAGS, NEAR_TIE, hold_against_reference, served_generations
+from orchestrator.sim.models.tinymodel import make_tiny_model
 
 from conftest import API_KEY, PREFIX, REPO, clean_env
 
@@ -120,7 +120,7 @@ GREEDY_TOKENS = 16
 @pytest.fixture(scope="module")
 def greedy_answers(served, model):
     sim, _ = served
-    out = sim.client().run(sys.executable, "-m", "orchestrator.sim.client", sim.url, model, "--max-tokens",
+    out = sim.client().run(sys.executable, "-m", "orchestrator.sim.demo.client", sim.url, model, "--max-tokens",
                            str(GREEDY_TOKENS), *GREEDY_PROMPTS, capture_output=True, text=True, timeout=120,
                            env=clean_env(VLLM_API_KEY=API_KEY), cwd=REPO)
     assert out.returncode == 0, out.stderr[-2000:]

@@ -15,7 +15,7 @@ import psutil
 
 from conftest import REPO, clean_env
 from orchestrator.cluster.membership import port_open
-from orchestrator.sim import netns
+from orchestrator.sim.namespaces import netns
 
 
 def test_demo_loopback_serves_both_requests_and_leaves_nothing(tmp_path):

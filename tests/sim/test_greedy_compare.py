@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from orchestrator.sim.greedy import NEAR_TIE, Divergence, Generation, compare, served_generations
+from orchestrator.sim.demo.greedy import NEAR_TIE, Divergence, Generation, compare, served_generations
 
 
 def ref(prompt, tokens, margins):

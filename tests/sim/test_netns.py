@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.sim import netns
+from orchestrator.sim.namespaces import netns
 from orchestrator.errors import SimulationError
 
 from conftest import PREFIX

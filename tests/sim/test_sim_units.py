@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.sim import plugin as simulation, tinymodel
+from orchestrator.sim.platform import plugin as simulation
+from orchestrator.sim.models import tinymodel
 from orchestrator.errors import SimulationError
 
 from conftest import REPO
@@ -30,14 +31,14 @@ def test_plugin_is_inert_unless_simulating(monkeypatch, value):
 def test_plugin_names_the_simulated_platform(monkeypatch):
     monkeypatch.setenv("SPARK_VLLM_SIMULATE", "1")
     assert simulation.platform_plugin() == (
-        "orchestrator.sim.vllm_platform.SimulatedSparkPlatform"
+        "orchestrator.sim.platform.vllm_platform.SimulatedSparkPlatform"
     )
 
 
 def test_plugin_is_registered_for_vllm():
     eps = metadata.entry_points(group="vllm.platform_plugins")
     ours = [ep for ep in eps if ep.name == "spark_vllm_sim"]
-    assert [ep.value for ep in ours] == ["orchestrator.sim.plugin:platform_plugin"]
+    assert [ep.value for ep in ours] == ["orchestrator.sim.platform.plugin:platform_plugin"]
     assert ours[0].load() is simulation.platform_plugin
 
 
@@ -60,8 +61,8 @@ def test_named_class_is_a_cpu_platform_with_a_gpu_ray_key():
 
 def test_importing_the_modules_imports_neither_vllm_nor_torch():
     code = (
-        "import sys, orchestrator.sim.plugin, orchestrator.serve.compat, "
-        "orchestrator.sim.tinymodel, orchestrator.sim.smollm, orchestrator.sim.greedy, orchestrator.sim.demo\n"
+        "import sys, orchestrator.sim.platform.plugin, orchestrator.serve.compat, "
+        "orchestrator.sim.models.tinymodel, orchestrator.sim.models.smollm, orchestrator.sim.demo.greedy, orchestrator.sim.demo.run\n"
         "print(sorted(m for m in ('vllm', 'torch', 'transformers') if m in sys.modules))"
     )
     out = subprocess.run(
@@ -141,6 +142,6 @@ def test_tiny_model_fills_an_empty_directory(tmp_path, tiny):
     ("INFO something\n", None),
 ])
 def test_demo_reads_its_own_lines_through_vllms_prefix(line, want):
-    from orchestrator.sim.demo import own_line
+    from orchestrator.sim.demo.run import own_line
 
     assert own_line(line) == want

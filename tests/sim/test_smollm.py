@@ -14,8 +14,8 @@ import json
 
 import pytest
 
-from orchestrator.sim import smollm
-from orchestrator.sim.smollm import HeadLayout, padded_layout
+from orchestrator.sim.models import smollm
+from orchestrator.sim.models.smollm import HeadLayout, padded_layout
 
 
 @pytest.mark.parametrize("before, tp, after", [

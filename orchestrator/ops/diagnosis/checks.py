@@ -11,9 +11,9 @@ import ipaddress
 from dataclasses import dataclass
 from typing import Callable
 
-from ..errors import DiscoveryError
-from ..net.discovery import Interface
-from ..net.selection import Choice, choose_interface, pci_domain
+from ...errors import DiscoveryError
+from ...net.discovery import Interface
+from ...net.selection import Choice, choose_interface, pci_domain
 from .facts import RAY_PORTS, SERVER_PORT, TCP_HEADERS, TCP_OPTIONS_SLACK, Facts
 
 PASS, WARN, FAIL, SKIP = "pass", "warn", "fail", "skip"
@@ -320,7 +320,7 @@ def cluster_nodes(f: Facts) -> Check:
 
 
 def versions_equal(f: Facts) -> Check:
-    from ..cluster.versions import compare, skew_table
+    from ...cluster.versions import compare, skew_table
 
     if not f.cluster_up or f.versions is None:
         return Check("versions", SKIP, "no running cluster to compare")

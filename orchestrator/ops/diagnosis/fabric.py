@@ -17,8 +17,8 @@ import re
 import time
 from dataclasses import dataclass
 
-from ..cluster.nodes import ClusterState, NodeInfo
-from ..errors import FabricTestFailed, UsageError
+from ...cluster.nodes import ClusterState, NodeInfo
+from ...errors import FabricTestFailed, UsageError
 
 MiB = 1 << 20
 DEFAULT_SIZES = tuple(s * MiB for s in (1, 4, 16, 64, 256))

@@ -13,7 +13,7 @@ import subprocess
 from dataclasses import dataclass
 from typing import Mapping
 
-from ..errors import ContainerError, UsageError
+from ...errors import ContainerError, UsageError
 
 DEFAULT_IMAGE = "spark-vllm"
 DEFAULT_NAME = "spark-vllm"

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..cluster.runstate import RunRecord
+from ...cluster.runstate import RunRecord
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import UsageError
+from ...errors import UsageError
 
 LOGGER = "spark_vllm"
 FILE_NAME = "spark-vllm.log"

@@ -22,7 +22,7 @@ from importlib import util as importlib_util
 from pathlib import Path
 from typing import Mapping
 
-from ..net.discovery import Discovery
+from ...net.discovery import Discovery
 
 # Ray's ports on the head (GCS, dashboard/Jobs API, client server), and vLLM's.
 RAY_PORTS = (6379, 8265, 10001)
@@ -222,7 +222,7 @@ def folder_weights(path: Path) -> int:
 
 def read_model(model: str, environ: Mapping[str, str]) -> tuple[ModelFacts, str]:
     """The model's facts and the folder whose filesystem must hold it."""
-    from ..serve.engine import looks_like_path
+    from ...serve.engine import looks_like_path
 
     if looks_like_path(model):
         path = Path(model).expanduser()

@@ -18,8 +18,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, Iterable
 
-from ..cluster.nodes import ClusterState
-from ..net.discovery import Interface
+from ...cluster.nodes import ClusterState
+from ...net.discovery import Interface
 
 log = logging.getLogger("spark_vllm")
 PREFIX = "spark_vllm_"

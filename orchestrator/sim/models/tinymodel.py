@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from ..errors import SimulationError
+from ...errors import SimulationError
 from .modeldir import build_once, is_complete, save_quietly  # noqa: F401 (is_complete: re-exported)
 
 SEED = 0
@@ -83,7 +83,7 @@ def _train_tokenizer():
         raise SimulationError(
             f"the tiny tokenizer has {bpe.get_vocab_size()} tokens, "
             f"expected {VOCAB_SIZE}",
-            hint="add sentences to TRAINING_TEXT in orchestrator/sim/tinymodel.py",
+            hint="add sentences to TRAINING_TEXT in orchestrator/sim/models/tinymodel.py",
         )
     return PreTrainedTokenizerFast(
         tokenizer_object=bpe,

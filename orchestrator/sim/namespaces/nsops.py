@@ -16,7 +16,7 @@ import shutil
 import subprocess
 from typing import Protocol
 
-from ..errors import SimulationError
+from ...errors import SimulationError
 
 NETNS_DIR = "/var/run/netns"
 HINT = "simulated Sparks need root and iproute2 (`ip netns`, veth), or pyroute2 with nsenter and unshare"

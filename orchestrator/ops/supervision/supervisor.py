@@ -26,7 +26,7 @@ import time
 from dataclasses import dataclass
 from typing import Callable, Mapping
 
-from ..cluster.nodes import ClusterState, NodeInfo
+from ...cluster.nodes import ClusterState, NodeInfo
 
 log = logging.getLogger("spark_vllm")
 

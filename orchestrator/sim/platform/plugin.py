@@ -17,9 +17,9 @@ from __future__ import annotations
 
 import os
 
-from ..settings import Settings
+from ...settings import Settings
 
-SIM_PLATFORM = "orchestrator.sim.vllm_platform.SimulatedSparkPlatform"
+SIM_PLATFORM = "orchestrator.sim.platform.vllm_platform.SimulatedSparkPlatform"
 
 
 def platform_plugin() -> str | None:

@@ -38,7 +38,7 @@ from typing import Callable
 
 import psutil
 
-from ..errors import SimulationError
+from ...errors import SimulationError
 from . import nsops
 from .nsops import HINT, list_namespaces, namespace_pids as pids
 

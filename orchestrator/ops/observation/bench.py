@@ -14,8 +14,8 @@ import io
 from dataclasses import asdict, dataclass
 from typing import Callable
 
-from ..errors import BenchFailed, UsageError
-from ..serve.compat import load_parser_class
+from ...errors import BenchFailed, UsageError
+from ...serve.compat import load_parser_class
 
 # The client's metrics kept, as (our name, vLLM's key): p50 and p99 of each latency.
 LATENCIES = (("ttft", "ttft"), ("tpot", "tpot"), ("itl", "itl"))
@@ -90,7 +90,7 @@ def level_result(concurrency: int, raw: dict) -> LevelResult:
                            request_s=float(raw["request_throughput"]), **lat)
     except KeyError as exc:
         raise BenchFailed(f"vLLM's benchmark client returned no {exc.args[0]}",
-                          "this vLLM's `bench serve` result differs; see orchestrator/ops/bench.py") from None
+                          "this vLLM's `bench serve` result differs; see orchestrator/ops/observation/bench.py") from None
 
 
 def run_level(req: BenchRequest, concurrency: int) -> LevelResult:

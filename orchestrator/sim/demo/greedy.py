@@ -12,7 +12,7 @@ round differently, so where the reference's margin is within that rounding (a
 near tie) either token is a right answer; a difference at a clear margin means the
 sharded engine computed something else.
 
-`python -m orchestrator.sim.greedy REQUEST.json RESULT.json` is the reference's
+`python -m orchestrator.sim.demo.greedy REQUEST.json RESULT.json` is the reference's
 process (vLLM spawns its engine core, hence the `__main__` guard; vLLM logs on
 stdout, hence files).
 """
@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping, Sequence
 
-from ..errors import SimulationError
+from ...errors import SimulationError
 
 # Both sides compute in float32. In bf16 vLLM's CPU logits keep 8 bits of mantissa,
 # so exact ties are common (SmolLM2's haiku: top-2 margin 0.0 at 4 of 32 tokens) and
@@ -102,7 +102,7 @@ def compare(served: Sequence[Generation], reference: Sequence[Generation]) -> Ag
 
 
 def served_generations(answers: Mapping[str, Mapping]) -> list[Generation]:
-    """The client's JSON (`orchestrator.sim.client`), in its order, as generations."""
+    """The client's JSON (`orchestrator.sim.demo.client`), in its order, as generations."""
     return [Generation(tuple(a["prompt_token_ids"]), tuple(a["token_ids"])) for a in answers.values()]
 
 
@@ -135,7 +135,7 @@ def reference_generate(model: str, prompts: Sequence[Sequence[int]], max_tokens:
     result.unlink(missing_ok=True)
     try:
         with open(log, "w") as out:
-            code = subprocess.run([python, "-m", "orchestrator.sim.greedy", str(request), str(result)],
+            code = subprocess.run([python, "-m", "orchestrator.sim.demo.greedy", str(request), str(result)],
                                   stdout=out, stderr=subprocess.STDOUT, timeout=timeout,
                                   env=dict(env) if env is not None else None).returncode
     except subprocess.TimeoutExpired as e:
@@ -152,7 +152,7 @@ def _generate(request: dict) -> list[dict]:
     from vllm.engine.arg_utils import EngineArgs
     from vllm.inputs import TokensPrompt
 
-    from ..serve.compat import load_vllm_api
+    from ...serve.compat import load_vllm_api
 
     parser = EngineArgs.add_cli_args(load_vllm_api().FlexibleArgumentParser())
     args = vars(parser.parse_args(["--model", request["model"], *request["engine_flags"]]))

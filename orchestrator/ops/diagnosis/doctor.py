@@ -13,12 +13,12 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Mapping
 
-from ..cluster import runstate
-from ..cluster.auth import plan_auth
-from ..errors import SparkVllmError
-from ..net.discovery import discover
-from ..net.plan import check_ipv4
-from ..net.selection import choose_interface
+from ...cluster import runstate
+from ...cluster.auth import plan_auth
+from ...errors import SparkVllmError
+from ...net.discovery import discover
+from ...net.plan import check_ipv4
+from ...net.selection import choose_interface
 from . import facts as fx
 from .checks import FAIL, Check, run_checks
 
@@ -95,8 +95,8 @@ def token_present(path: str | None) -> bool:
 
 def cluster_facts(host: str, req: DoctorRequest, node_ip: str | None, auth) -> dict:
     """Nodes and versions from the running cluster, as a Ray driver (needs the token)."""
-    from ..cluster import ray_node, versions
-    from ..serve.health import health_state
+    from ...cluster import ray_node, versions
+    from ...serve.health import health_state
 
     out: dict = {"cluster_up": True, "server_health": health_state(f"http://{host}:{fx.SERVER_PORT}/health")}
     os.environ.setdefault("RAY_gcs_server_port_wait_time_s", "10")  # bounded, should the GCS die meanwhile

@@ -1,10 +1,10 @@
 """Greedy requests sent the way a user would, printed as JSON.
 
 Run inside a simulated Spark's namespace by the demo and the tests:
-`python -m orchestrator.sim.client URL MODEL [--max-tokens N] [PROMPT ...]` sends
+`python -m orchestrator.sim.demo.client URL MODEL [--max-tokens N] [PROMPT ...]` sends
 the playbook's two requests (a chat and a completion), or one completion per
 PROMPT. Every request is greedy (temperature 0) and asks vLLM for the token ids
-(`return_token_ids`), so that `orchestrator.sim.greedy` can hold the answer
+(`return_token_ids`), so that `orchestrator.sim.demo.greedy` can hold the answer
 against single-process generation. Stdlib only, so it needs nothing extra.
 """
 

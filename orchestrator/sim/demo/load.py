@@ -1,7 +1,7 @@
 """Requests in flight and the server's health, for the fault scenarios, as JSON lines.
 
-    python -m orchestrator.sim.load URL MODEL [--requests N] [--max-tokens M] [--timeout S]
-    python -m orchestrator.sim.load URL --watch-health
+    python -m orchestrator.sim.demo.load URL MODEL [--requests N] [--max-tokens M] [--timeout S]
+    python -m orchestrator.sim.demo.load URL --watch-health
 
 The first sends N streaming completions at once and reports each when its first
 token arrives and when it ends: {"event": "first", "i": 0, "t": T} and {"event":
@@ -90,7 +90,7 @@ def watch_health(base: str, poll: float = 0.2) -> None:
 
 
 def main(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="python -m orchestrator.sim.load")
+    p = argparse.ArgumentParser(prog="python -m orchestrator.sim.demo.load")
     p.add_argument("url")
     p.add_argument("model", nargs="?")
     p.add_argument("--watch-health", action="store_true")
@@ -115,7 +115,7 @@ class Background:
     in `events` as they come; `close()` ends it."""
 
     def __init__(self, node, *args: str, env: dict[str, str] | None = None, cwd: str | None = None) -> None:
-        self.proc = node.popen(sys.executable, "-m", "orchestrator.sim.load", *args, stdout=subprocess.PIPE,
+        self.proc = node.popen(sys.executable, "-m", "orchestrator.sim.demo.load", *args, stdout=subprocess.PIPE,
                                stderr=subprocess.DEVNULL, text=True, env=env, cwd=cwd)
         self.events: list[dict] = []
         threading.Thread(target=self._read, daemon=True).start()

@@ -13,7 +13,7 @@ import tempfile
 from pathlib import Path
 from typing import Callable
 
-from ..errors import SimulationError
+from ...errors import SimulationError
 
 # What save_pretrained writes and vLLM needs; present together means complete.
 REQUIRED_FILES = (

@@ -1,7 +1,7 @@
 """vLLM's CPU platform, made schedulable by vLLM's Ray executor.
 
 Imported by vLLM (never by spark-vllm's own code) after
-`orchestrator.sim.plugin.platform_plugin` named it, so importing vLLM here is
+`orchestrator.sim.platform.plugin.platform_plugin` named it, so importing vLLM here is
 fine. Only the Ray device key changes:
 
 - `"GPU"`: vLLM asks Ray for one GPU per worker and the simulated nodes each

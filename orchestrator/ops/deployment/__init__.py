@@ -1,0 +1,1 @@
+"""Deployment: the container a Spark runs (the host launcher)."""

@@ -1,0 +1,1 @@
+"""Diagnosis: doctor, its checks and facts, the fabric test."""

@@ -1,0 +1,1 @@
+"""Observation: logs, metrics, the serving benchmark client."""

@@ -1,0 +1,1 @@
+"""Supervision while serving: lost nodes, the recovery, node health."""

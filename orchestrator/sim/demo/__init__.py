@@ -1,0 +1,1 @@
+"""The demo: the simulated cluster serving, its clients, and the greedy-token check."""

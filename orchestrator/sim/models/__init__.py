@@ -1,0 +1,1 @@
+"""The demo's models: a tiny random Llama and SmolLM2 from a PyPI wheel."""

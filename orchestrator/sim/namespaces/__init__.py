@@ -1,0 +1,1 @@
+"""The simulated Sparks: network namespaces, a veth pair, one GPU shared or one each."""
