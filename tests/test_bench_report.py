@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
-from benchmarks.report import markdown, phases_markdown
-from benchmarks.side_by_side import goals, ratio, serving_curve, spread
+from benchmarks import cpu_profile
+from benchmarks.report import cpu_markdown, markdown, phases_markdown
+from benchmarks.side_by_side import goals, ratio, serving_curve, serving_scenario, spread
 
 
-def side(total: float, tok_s: float, ttft: float) -> dict:
+def side(total: float, tok_s: float, ttft: float, serve_cpu: float = 1.0) -> dict:
+    cpu = {"192.168.100.10": {"spark-vllm-serve": serve_cpu, "vllm-tp-worker": 8.0, "total": serve_cpu + 8.0}}
     return {"total_s": total, "serving": [{"concurrency": 1, "output_tok_s": tok_s / 4, "ttft_p50_ms": ttft,
-                                           "tpot_p50_ms": 2.0, "itl_p99_ms": 5.0},
+                                           "tpot_p50_ms": 2.0, "itl_p99_ms": 5.0, "cpu_s": cpu},
                                           {"concurrency": 16, "output_tok_s": tok_s, "ttft_p50_ms": ttft * 2,
-                                           "tpot_p50_ms": 3.0, "itl_p99_ms": 9.0}]}
+                                           "tpot_p50_ms": 3.0, "itl_p99_ms": 9.0, "cpu_s": cpu}]}
 
 
 PAIRS = [{"ours": side(30, 1000, 10), "theirs": side(40, 1000, 10)},
@@ -58,3 +60,70 @@ def test_phases_table_lists_each_flows_median_marks_in_time_order():
     assert table[2] == "| spark-vllm | Ray head start 3.5, engine build (to /health) 22.0, first token 23.0 |"
     assert table[3] == "| shell flow | ray start --head 6.0, engine build (to /health) 31.0, first token 33.0 |"
     assert phases_markdown({"scenarios": {}}) == ""
+
+
+def test_serving_is_compared_at_every_concurrency_with_its_goals():
+    slow_at_one = [{"ours": {"serving": [dict(lv, output_tok_s=lv["output_tok_s"] * (0.5 if lv["concurrency"] == 1
+                                                                                  else 1.0))
+                                         for lv in p["ours"]["serving"]]}, "theirs": p["theirs"]} for p in PAIRS]
+    s = serving_scenario(slow_at_one)
+    assert s["concurrency"] == 16 and set(s["by_concurrency"]) == {"1", "16"}
+    assert s["by_concurrency"]["16"]["output_tok_s"]["median"] == 1.0
+    assert s["by_concurrency"]["1"]["output_tok_s"]["median"] == 0.5
+    g = goals({}, None, s)
+    assert g["serving_output_tok_s_c16"]["met"] is True
+    assert g["serving_output_tok_s_c1"]["met"] is False  # one slow level fails its own goal
+    assert g["serving_ttft_p50_c1"]["goal"] == "<= 1.02"
+    table = markdown({"ratios": {}, "goals": g, "scenarios": {"serving_throughput": s}})
+    assert "| serving at concurrency 1: output tok/s | 0.50 (0.45 to 0.55, n=3) | higher | >= 0.98 | no |" in table
+
+
+def test_cpu_table_puts_both_flows_side_by_side():
+    pairs = [{"ours": side(30, 1000, 10, serve_cpu=4.0), "theirs": side(40, 1000, 10, serve_cpu=0.0)}
+             for _ in range(3)]
+    s = serving_scenario(pairs)
+    assert s["cpu_s_at_top"]["ours"]["192.168.100.10"]["spark-vllm-serve"] == 4.0
+    rows = cpu_markdown({"scenarios": {"serving_throughput": s}}).splitlines()
+    assert rows[0] == "| process (CPU s at concurrency 16) | 192.168.100.10 spark-vllm | 192.168.100.10 shell flow |"
+    assert "| spark-vllm-serve | 4.0 | 0.0 |" in rows
+    assert rows[-1] == "| total | 12.0 | 8.0 |"
+
+
+def test_processes_are_named_by_what_they_are():
+    assert cpu_profile.role("ray::RayWorkerProc.run") == "vllm-tp-worker"
+    assert cpu_profile.role(["VLLM::EngineCore"]) == "vllm-engine-core"
+    assert cpu_profile.role([".venv/bin/python", "-m", "launch", "serve", "/m", "--simulate"]) == "spark-vllm-serve"
+    assert cpu_profile.role([".venv/bin/python", "-m", "launch", "bench", "--url", "x"]) == "bench-client"
+    assert cpu_profile.role(["python", "-m", "benchmarks.shell_flow", "vllm", "serve", "m"]) == "vllm-serve"
+    assert cpu_profile.role(["/x/ray/core/src/ray/raylet/raylet", "--node"]) == "ray-raylet"
+    assert cpu_profile.role(["/x/ray/core/src/ray/gcs/gcs_server"]) == "ray-gcs"
+    assert cpu_profile.role(["bash"]) == "other"
+
+
+def test_spent_counts_new_processes_from_zero_and_sums_by_role():
+    s = cpu_profile.ProcSample
+    before = {1: s("a", 1, "ray-raylet", 10.0, 5, (0, 1)), 2: s("a", 2, "vllm-tp-worker", 3.0, 4, (0,))}
+    after = {1: s("a", 1, "ray-raylet", 10.5, 5, (0, 1)), 2: s("a", 2, "vllm-tp-worker", 9.0, 4, (0,)),
+             3: s("b", 3, "vllm-tp-worker", 2.0, 4, (1,))}
+    assert cpu_profile.spent(before, after) == {"a": {"ray-raylet": 0.5, "vllm-tp-worker": 6.0, "total": 6.5},
+                                                "b": {"vllm-tp-worker": 2.0, "total": 2.0}}
+
+
+def test_a_process_that_ended_between_snapshots_is_added_with_its_own_seconds():
+    base = {"a": {"ray-raylet": 0.5, "total": 0.5}}
+    assert cpu_profile.with_process(base, "b", "bench-client", 3.0) == {
+        "a": {"ray-raylet": 0.5, "total": 0.5}, "b": {"bench-client": 3.0, "total": 3.0}}
+    assert cpu_profile.with_process(base, "a", "bench-client", 1.0)["a"] == {
+        "ray-raylet": 0.5, "bench-client": 1.0, "total": 1.5}
+    assert base == {"a": {"ray-raylet": 0.5, "total": 0.5}}  # not changed in place
+
+
+def test_a_level_keeps_its_median_run_and_every_runs_figure():
+    from benchmarks.side_by_side import median_level
+
+    runs = [{"output_tok_s": 2000.0, "ttft_p50_ms": 40.0}, {"output_tok_s": 1300.0, "ttft_p50_ms": 70.0},
+            {"output_tok_s": 1900.0, "ttft_p50_ms": 45.0}]
+    chosen = median_level(runs)
+    assert chosen["output_tok_s"] == 1900.0 and chosen["ttft_p50_ms"] == 45.0  # one real run, not a mix
+    assert chosen["runs_output_tok_s"] == [2000.0, 1300.0, 1900.0]
+    assert "runs_output_tok_s" not in runs[2]
