@@ -14,6 +14,7 @@ from orchestrator.cluster.auth import AuthPlan, ensure_token, plan_auth
 from orchestrator.cluster.bootstrap import NodePlan, NodeRequest, bring_up, plan_node
 from orchestrator.cluster.ray_node import ClusterOptions
 from orchestrator.errors import ClusterError, ClusterIncomplete, Stopped, UsageError
+from orchestrator.ops.diagnosis.fabriccheck import status_line
 from orchestrator.serve.health import api_key_state, health_state
 from orchestrator.net.plan import plan_network
 from orchestrator.cluster.nodes import ClusterState
@@ -258,11 +259,14 @@ def run_status(args: argparse.Namespace, settings: Settings) -> int:
     url = target.server_url.rstrip("/")
     health = health_state(url + "/health")
     api_key = api_key_state(url) if health == "healthy" else "unknown"
+    head = runstate.read_record(runstate.run_dir(os.environ), target.head_ip)  # its fabric check, if here
+    fabric = head.fabric if head else None
     if args.json:
         print_json({"nodes": [n.to_json() for n in state.nodes], "complete": state.complete,
                     "gpu_nodes": len(state.gpu_nodes), "want": args.nodes, "gpus": state.gpus,
                     "server": {"url": url, "health": health},
-                    "auth": {"ray_token": "on" if auth.enabled else "off", "api_key": api_key}})
+                    "auth": {"ray_token": "on" if auth.enabled else "off", "api_key": api_key},
+                    "fabric": fabric})
     else:
         rows = [[n.ip, "head" if n.head else "worker", "alive" if n.alive else "dead", f"{n.gpus:g}"]
                 for n in state.nodes]
@@ -270,6 +274,7 @@ def run_status(args: argparse.Namespace, settings: Settings) -> int:
         print(f"\ncluster: {'complete' if state.complete else 'INCOMPLETE'} ({state.summary()})")
         print(f"server:  {url} {health}")
         print(f"auth:    Ray token {'on' if auth.enabled else 'off'}, API key {api_key}")
+        print(f"fabric:  {status_line(fabric)}")
     return 0 if state.complete else exit_code_for(ClusterIncomplete(state.summary()))
 
 
