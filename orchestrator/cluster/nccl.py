@@ -167,12 +167,6 @@ def library_env(path: str, environ: Mapping[str, str]) -> dict[str, str]:
     return {"VLLM_NCCL_SO_PATH": path, "LD_PRELOAD": ":".join([path, *kept])}
 
 
-def builds_differ(reports: Mapping[str, Mapping]) -> dict[str, str | None]:
-    """node -> build key, when the nodes' keys differ (else empty)."""
-    keys = {node: NcclReport.from_json(r).build_key() if r else None for node, r in reports.items()}
-    return keys if len(set(keys.values())) > 1 else {}
-
-
 # --- readers (thin) ----------------------------------------------------------------
 def file_build(path: str) -> NcclBuild:
     """Hash the file and find its banner in one pass."""
@@ -277,3 +271,10 @@ def node_report(environ: Mapping[str, str] = os.environ, with_others: bool = Tru
         loaded = {b.path for b in (torch_build, vllm) if b}
         others = other_builds(torch_build, (file_build(p) for p in candidates if p not in loaded))
     return NcclReport(cuda, torch_build, linkage, vllm, others, preload)
+
+
+def chosen_library_env(choice: str, environ: Mapping[str, str] = os.environ) -> dict[str, str]:
+    """`--nccl-library` resolved on this node: the variables its processes start with."""
+    bundled = bundled_library() if choice == "bundled" else None
+    system = system_libraries() if choice == "system" else ()
+    return library_env(choose_library(choice, bundled, system), environ)
