@@ -11,7 +11,7 @@ import os
 from orchestrator.cluster import ray_node, runstate
 from orchestrator.cluster.bootstrap import NodePlan
 from orchestrator.cluster.nodes import ClusterState
-from orchestrator.errors import UsageError
+from orchestrator.errors import FabricTestFailed, UsageError
 from orchestrator.ops.diagnosis import fabric, fabriccheck
 from orchestrator.settings import Settings
 
@@ -115,8 +115,11 @@ def check_before_serving(args: argparse.Namespace, plan: NodePlan, node, state: 
     choice = plan.network.choice
     log.info("fabric check: all-reduce between %s over %s before vLLM starts",
              ", ".join(n.ip for n in fabric.ranks_of(state)), choice.name)
-    check = fabriccheck.run_check(state, plan.cluster.head_ip, choice.interface.speed_mbps, args.min_fabric_gbps,
-                                  choice.name)
+    try:
+        check = fabriccheck.run_check(state, plan.cluster.head_ip, choice.interface.speed_mbps,
+                                      args.min_fabric_gbps, choice.name)
+    except FabricTestFailed as exc:  # a hang here is the hang vLLM's TP handshake would have
+        raise FabricTestFailed(exc.message, f"{exc.hint}; to serve without the check: --no-fabric-check") from None
     if node is not None:
         runstate.record_fabric(runstate.run_dir(os.environ), plan.cluster.node_ip, check.to_json())
     level = {"info": logging.INFO, "warn": logging.WARNING}.get(check.level, logging.ERROR)

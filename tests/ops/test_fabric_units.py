@@ -218,3 +218,19 @@ def test_check_in_the_metrics():
     assert got[("fabric_bus_bandwidth_bytes_per_second", (("backend", "nccl"), ("verdict", "healthy")))] == 23.7e9
     assert got[("fabric_transport", (("node", "192.168.100.11"), ("transport", "NET/IB")))] == 1.0
     assert got[("phase_duration_seconds", (("phase", "fabric_check"),))] == 2.5
+
+
+def test_serve_skips_the_check_when_asked_or_alone(caplog):
+    """Neither path touches Ray: --no-fabric-check, and a one-node cluster (no fabric)."""
+    import argparse
+    import logging
+
+    from launch.fabriccmd import check_before_serving
+
+    caplog.set_level(logging.INFO, logger="spark_vllm")
+    args = argparse.Namespace(no_fabric_check=True, min_fabric_gbps=5.0)
+    assert check_before_serving(args, None, None, None) is None
+    alone = ClusterState((node("10.0.0.9", head=True),), 1)
+    assert check_before_serving(argparse.Namespace(no_fabric_check=False, min_fabric_gbps=5.0), None, None,
+                                alone) is None
+    assert "skipped (--no-fabric-check)" in caplog.text and "one GPU node" in caplog.text
