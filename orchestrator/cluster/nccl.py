@@ -104,13 +104,19 @@ class NcclReport:
 
 # --- pure ----------------------------------------------------------------------
 def parse_ldd(text: str) -> dict[str, str]:
-    """`ldd` output -> {soname: resolved path} (unresolved ones left out)."""
+    """`ldd` output -> {soname: resolved path} (unresolved ones left out). A preloaded
+    library shows as a bare path, and satisfies the soname it carries."""
     out = {}
     for line in text.splitlines():
-        m = re.match(r"\s*(\S+)\s+=>\s+(/\S+)", line)
+        m = re.match(r"\s*(\S+)\s+=>\s+(/\S+)", line) or re.match(r"\s*((/\S+))\s+\(0x", line)
         if m:
-            out[m.group(1)] = m.group(2)
+            out[Path(m.group(1)).name if m.group(1).startswith("/") else m.group(1)] = m.group(2)
     return out
+
+
+def nccl_in(resolved: Mapping[str, str]) -> str | None:
+    """The libnccl among `parse_ldd`'s libraries (libnccl.so.2, or a preloaded libnccl.so.2.x)."""
+    return resolved.get(SONAME) or next((p for name, p in resolved.items() if name.startswith("libnccl.so")), None)
 
 
 def parse_ldconfig(text: str) -> list[str]:
@@ -211,7 +217,7 @@ def resolve(lib: Path, environ: Mapping[str, str]) -> tuple[str | None, str]:
         out = subprocess.run(["ldd", str(lib)], capture_output=True, text=True, timeout=30, env=dict(environ))
     except (OSError, subprocess.TimeoutExpired):
         return None, "unknown"
-    path = parse_ldd(out.stdout).get(SONAME)
+    path = nccl_in(parse_ldd(out.stdout))
     if path:
         return path, "shared"
     return None, "static" if out.returncode == 0 else "unknown"

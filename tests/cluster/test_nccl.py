@@ -38,6 +38,15 @@ def test_ldd_and_ldconfig_are_read():
                                              "/usr/lib/aarch64-linux-gnu/libnccl.so"]
 
 
+def test_a_preloaded_nccl_is_what_ldd_resolves():
+    preloaded = ("\tlinux-vdso.so.1 (0x0000ffff9a0e0000)\n"
+                 "\t/usr/lib/aarch64-linux-gnu/libnccl.so.2.28.9 (0x0000ffff8c000000)\n"
+                 "\tlibc10_cuda.so => /venv/torch/lib/libc10_cuda.so (0x0000ffff98e00000)\n")
+    assert nccl.nccl_in(nccl.parse_ldd(preloaded)) == "/usr/lib/aarch64-linux-gnu/libnccl.so.2.28.9"
+    assert nccl.nccl_in(nccl.parse_ldd(LDD)).endswith("nvidia/nccl/lib/libnccl.so.2")
+    assert nccl.nccl_in(nccl.parse_ldd("\tlibc.so.6 => /lib/libc.so.6 (0x1)\n")) is None
+
+
 def test_banner_version_from_the_library_bytes():
     assert nccl.banner_version(b"\x00junk\x00NCCL version 2.28.9+cuda13.0\x00more") == "2.28.9+cuda13.0"
     assert nccl.banner_version(b"NCCL version 2.27.7\x00") == "2.27.7"
