@@ -9,11 +9,12 @@ import os
 import signal
 from dataclasses import dataclass
 
-from orchestrator.cluster import membership, ray_node, runstate, versions
+from orchestrator.cluster import membership, nccl, ray_node, runstate, versions
 from orchestrator.cluster.auth import AuthPlan, ensure_token, plan_auth
 from orchestrator.cluster.bootstrap import NodePlan, NodeRequest, bring_up, plan_node
 from orchestrator.cluster.ray_node import ClusterOptions
 from orchestrator.errors import ClusterError, ClusterIncomplete, Stopped, UsageError
+from orchestrator.ops.diagnosis.fabriccheck import status_line
 from orchestrator.serve.health import api_key_state, health_state
 from orchestrator.net.plan import plan_network
 from orchestrator.cluster.nodes import ClusterState
@@ -41,6 +42,9 @@ def add_cluster_options(p: argparse.ArgumentParser, settings: Settings) -> None:
                    help="CPU simulation: one GPU per node, vLLM's CPU engine (env SPARK_VLLM_SIMULATE=1)")
     g.add_argument("--allow-version-skew", action="store_true",
                    help="start even when Python/Ray/vLLM/torch/NCCL versions differ between nodes")
+    g.add_argument("--nccl-library", default=None, metavar="bundled|system|PATH",
+                   help="the libnccl every process of this node loads: the pip wheel's (bundled), the system's "
+                        "(DGX OS's), or a file; sets VLLM_NCCL_SO_PATH and LD_PRELOAD (give it on every Spark)")
     add_auth_options(g, settings)
 
 
@@ -79,10 +83,20 @@ def register(sub, settings: Settings) -> None:
     p.set_defaults(func=run_stop)
 
 
+def nccl_library_env(args: argparse.Namespace) -> dict[str, str]:
+    if not getattr(args, "nccl_library", None):
+        return {}
+    env = nccl.chosen_library_env(args.nccl_library, os.environ)
+    log.info("NCCL: every process of this node loads %s (--nccl-library %s)", env["VLLM_NCCL_SO_PATH"],
+             args.nccl_library)
+    return env
+
+
 def node_request(args: argparse.Namespace) -> NodeRequest:
     return NodeRequest(
         head_ip=args.head_ip, iface=args.iface, node_ip=args.node_ip, force=args.force, simulate=args.simulate,
-        token_file=args.token_file, no_auth=args.no_auth, ray_env=args.log_options.ray_environment(),
+        token_file=args.token_file, no_auth=args.no_auth,
+        ray_env={**args.log_options.ray_environment(), **nccl_library_env(args)},
         cluster=ClusterOptions(
             node_ip="", head_ip="", port=args.ray_port, num_gpus=args.num_gpus, num_cpus=args.num_cpus,
             dashboard_host=args.dashboard_host, nodes=args.nodes, wait_timeout=args.wait_timeout,
@@ -258,11 +272,14 @@ def run_status(args: argparse.Namespace, settings: Settings) -> int:
     url = target.server_url.rstrip("/")
     health = health_state(url + "/health")
     api_key = api_key_state(url) if health == "healthy" else "unknown"
+    head = runstate.read_record(runstate.run_dir(os.environ), target.head_ip)  # its fabric check, if here
+    fabric = head.fabric if head else None
     if args.json:
         print_json({"nodes": [n.to_json() for n in state.nodes], "complete": state.complete,
                     "gpu_nodes": len(state.gpu_nodes), "want": args.nodes, "gpus": state.gpus,
                     "server": {"url": url, "health": health},
-                    "auth": {"ray_token": "on" if auth.enabled else "off", "api_key": api_key}})
+                    "auth": {"ray_token": "on" if auth.enabled else "off", "api_key": api_key},
+                    "fabric": fabric})
     else:
         rows = [[n.ip, "head" if n.head else "worker", "alive" if n.alive else "dead", f"{n.gpus:g}"]
                 for n in state.nodes]
@@ -270,6 +287,7 @@ def run_status(args: argparse.Namespace, settings: Settings) -> int:
         print(f"\ncluster: {'complete' if state.complete else 'INCOMPLETE'} ({state.summary()})")
         print(f"server:  {url} {health}")
         print(f"auth:    Ray token {'on' if auth.enabled else 'off'}, API key {api_key}")
+        print(f"fabric:  {status_line(fabric)}")
     return 0 if state.complete else exit_code_for(ClusterIncomplete(state.summary()))
 
 

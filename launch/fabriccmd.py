@@ -1,13 +1,18 @@
-"""`spark-vllm fabric-test`: all-reduce bandwidth between the nodes of a formed cluster."""
+"""`spark-vllm fabric-test`: all-reduce bandwidth between the nodes of a formed cluster;
+and the same test, short, that `serve` runs before vLLM starts."""
 
 from __future__ import annotations
 
 import argparse
 import logging
 
-from orchestrator.cluster import ray_node
-from orchestrator.errors import UsageError
-from orchestrator.ops.diagnosis import fabric
+import os
+
+from orchestrator.cluster import ray_node, runstate
+from orchestrator.cluster.bootstrap import NodePlan
+from orchestrator.cluster.nodes import ClusterState
+from orchestrator.errors import FabricTestFailed, UsageError
+from orchestrator.ops.diagnosis import fabric, fabriccheck
 from orchestrator.settings import Settings
 
 from .clustercmd import add_auth_options, attached
@@ -67,10 +72,62 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     iface = {r["ip"]: r["env"].get("NCCL_SOCKET_IFNAME" if report.backend == "nccl" else "GLOO_SOCKET_IFNAME", "?")
              for r in report.ranks}
     print(f"backend {report.backend}, {report.world} ranks: "
-          + ", ".join(f"{r['ip']} ({r['device']}, {iface[r['ip']]})" for r in report.ranks))
+          + ", ".join(f"{r['ip']} ({r['device']}, {iface[r['ip']]}, {r['transport'] or 'transport unknown'})"
+                      for r in report.ranks))
     print(table([[r["size"], f"{r['time_us']:.0f}", f"{r['algbw_gbps']:.2f}", f"{r['busbw_gbps']:.2f}"]
                  for r in out["results"]], ["SIZE", "TIME_US", "ALGBW_GB/s", "BUSBW_GB/s"]))
     v = report.verdict
     link = f"link {v.link_gbps:g} GB/s, healthy from {v.healthy_busbw:g} GB/s" if v.link_gbps else "link speed unknown"
     print(f"\npeak bus bandwidth {v.peak_busbw:.2f} GB/s ({link}): {v.status.upper()}\n{v.note}")
     return 0
+
+
+# --- serve's check before vLLM starts ---------------------------------------------------
+def gbps(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a bandwidth in GB/s (a number, at least 0)")
+    return value
+
+
+def add_serve_check_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("fabric check (head, before vLLM starts)")
+    g.add_argument("--min-fabric-gbps", type=gbps, default=None, metavar="X",
+                   help="refuse to serve (exit 19) when the all-reduce bus bandwidth between the Sparks is below "
+                        "X GB/s (default: only warn below the health line, 22 GB/s on a 200 Gb/s port)")
+    g.add_argument("--no-fabric-check", action="store_true",
+                   help="skip the few-second all-reduce check of the fabric before vLLM starts")
+
+
+def check_before_serving(args: argparse.Namespace, plan: NodePlan, node, state: ClusterState):
+    """Run the check on the formed cluster, log it, record it for `status`; raise
+    FabricRefused (exit 19) on NCCL-on-sockets over RoCE or below --min-fabric-gbps.
+    Returns the FabricCheck, or None when skipped."""
+    if args.no_fabric_check:
+        log.info("fabric check skipped (--no-fabric-check)")
+        return None
+    if len(state.gpu_nodes) < 2:
+        log.info("fabric check skipped: one GPU node, no fabric between nodes")
+        return None
+    choice = plan.network.choice
+    log.info("fabric check: all-reduce between %s over %s before vLLM starts",
+             ", ".join(n.ip for n in fabric.ranks_of(state)), choice.name)
+    try:
+        check = fabriccheck.run_check(state, plan.cluster.head_ip, choice.interface.speed_mbps,
+                                      args.min_fabric_gbps, choice.name)
+    except FabricTestFailed as exc:  # a hang here is the hang vLLM's TP handshake would have
+        raise FabricTestFailed(exc.message, f"{exc.hint}; to serve without the check: --no-fabric-check") from None
+    if node is not None:
+        runstate.record_fabric(runstate.run_dir(os.environ), plan.cluster.node_ip, check.to_json())
+    level = {"info": logging.INFO, "warn": logging.WARNING}.get(check.level, logging.ERROR)
+    log.log(level, "fabric check (%.1f s): %s", check.seconds, check.line())
+    if check.level == "warn":
+        log.warning("fabric below its health line: %s", check.message)
+    elif check.status == "not-comparable":
+        log.info("fabric check: no verdict (%s)", check.message)
+    fabriccheck.enforce(check)
+    return check
+

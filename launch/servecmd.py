@@ -23,7 +23,7 @@ from orchestrator.serve import engine, health, vllm_plugin
 from orchestrator.cluster.bootstrap import SIMULATE_VAR, NodePlan, apply_environment
 from orchestrator.settings import Settings
 
-from . import modelscmd
+from . import fabriccmd, modelscmd
 from .clustercmd import (add_cluster_options, form_cluster, make_plan, mark, run_worker_plan, running_node,
                          sigterm_stops)
 from .options import add_network_options
@@ -41,6 +41,7 @@ def register(sub, settings: Settings) -> None:
     add_network_options(p, settings)
     add_cluster_options(p, settings)
     modelscmd.add_model_options(p, settings)
+    fabriccmd.add_serve_check_options(p)
     g = p.add_argument_group("supervision (head)")
     g.add_argument("--exit-on-node-loss", action="store_true",
                    help="when a node is lost while serving, exit (code 7) instead of waiting for it "
@@ -109,10 +110,12 @@ def run_serve(args: argparse.Namespace, settings: Settings) -> int:
         engine.fill_unset(vargs, par)
         modelscmd.check_memory(found, vargs, par, state, args)
         t_cluster = time.monotonic() - t0
+        checked = fabriccmd.check_before_serving(args, plan, node, state)  # exit 19 when refused
         log.info("cluster ready in %.1f s; starting vLLM with %s", t_cluster, par.describe())
         server_url = f"http://{plan.cluster.node_ip}:{vargs.port}"
         public = server_url + "/v1"
         serving = serving_metrics(plan, t_cluster)
+        serving.fabric_checked(checked)
 
         def run_engine(attempt: recovery.Attempt) -> None:
             def on_ready(seconds: float) -> None:

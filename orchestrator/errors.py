@@ -73,6 +73,11 @@ class FabricTestFailed(ClusterError):
     """`fabric-test`: the all-reduce between the nodes did not run or gave a wrong sum."""
 
 
+class FabricRefused(ClusterError):
+    """`serve`'s fabric check: NCCL on sockets over a RoCE fabric, or the bus bandwidth
+    below --min-fabric-gbps."""
+
+
 # --- serving: vLLM ---------------------------------------------------------------
 class ServeError(SparkVllmError):
     """vLLM could not be started or stopped serving."""

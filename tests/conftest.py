@@ -18,6 +18,7 @@ import pytest
 
 from orchestrator.sim.namespaces import netns
 from orchestrator.net.discovery import Interface
+from orchestrator.net.roce import Gid
 
 PREFIX = "svtest"
 REPO = Path(__file__).resolve().parents[1]
@@ -37,8 +38,10 @@ TOKEN_NAMES = ("auth_token", "ray-token")  # token files the tests or spark-vllm
 COMM_VARS = (
     "VLLM_HOST_IP", "NCCL_SOCKET_IFNAME", "GLOO_SOCKET_IFNAME", "TP_SOCKET_IFNAME",
     "UCX_NET_DEVICES", "OMPI_MCA_btl_tcp_if_include", "MASTER_ADDR",
-    "RAY_memory_monitor_refresh_ms", "NCCL_IB_HCA",
+    "RAY_memory_monitor_refresh_ms", "NCCL_IB_HCA", "NCCL_IB_GID_INDEX",
 )
+# Planned instead of NCCL_IB_GID_INDEX when the devices' GID indexes disagree.
+GID_FALLBACK_VARS = ("NCCL_IB_ROCE_VERSION_NUM", "NCCL_IB_ADDR_FAMILY")
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -134,7 +137,7 @@ def pair(netns_ok):
 
 def clean_env(**extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items()
-           if k not in COMM_VARS and not k.startswith("SPARK_VLLM_")}
+           if k not in COMM_VARS + GID_FALLBACK_VARS and not k.startswith("SPARK_VLLM_")}
     env.update(extra)
     return env
 
@@ -162,15 +165,24 @@ def make_iface():
 
     def make(name: str = "enp1s0f1np1", ipv4: tuple[str, ...] | str = ("192.168.100.10/24",),
              up: bool = True, roce: tuple[str, ...] | str = ("rocep1s0f1",),
-             speed: int | None = 200000, mtu: int | None = 1500, state: str | None = None) -> Interface:
+             speed: int | None = 200000, mtu: int | None = 1500, state: str | None = None,
+             gids: tuple | None = None) -> Interface:
+        """`gids` None: the table mlx5 fills for a port with these addresses (RoCE v2
+        IPv4 GID at index 3), as the simulated Sparks' sysfs has it."""
+        ipv4 = (ipv4,) if isinstance(ipv4, str) else tuple(ipv4)
+        roce = (roce,) if isinstance(roce, str) else tuple(roce)
+        if gids is None:
+            gids = tuple(Gid(dev, n, gid, kind, ndev) for dev in roce for n, (gid, kind, ndev)
+                         in sorted(netns.spark_gids(name, 0, ipv4[0].split("/")[0] if ipv4 else None).items()))
         return Interface(
             name=name,
             up=up,
-            ipv4=(ipv4,) if isinstance(ipv4, str) else tuple(ipv4),
+            ipv4=ipv4,
             mtu=mtu,
             speed_mbps=speed,
-            roce_devices=(roce,) if isinstance(roce, str) else tuple(roce),
+            roce_devices=roce,
             state=state or ("UP" if up else "DOWN"),
+            gids=gids,
         )
 
     return make

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Iterable, Mapping
 
@@ -30,6 +30,7 @@ class RunRecord:
     iface: str = ""
     token_file: str | None = None  # the path only
     server_url: str | None = None  # a serving head's http://IP:PORT
+    fabric: dict | None = None  # a serving head's fabric check before vLLM started (FabricCheck.to_json)
 
     @classmethod
     def from_json(cls, data: dict) -> "RunRecord":
@@ -47,9 +48,14 @@ def record_path(directory: Path, node_ip: str) -> Path:
 
 
 def write_record(directory: Path, record: RunRecord) -> Path:
-    """Atomically (`stop` may read it at any moment)."""
+    """Atomically (`stop` may read it at any moment). The fabric check stays with the
+    record of its process across state changes (a record without one keeps the last)."""
     directory.mkdir(parents=True, exist_ok=True)
     path = record_path(directory, record.node_ip)
+    if record.fabric is None:
+        previous = read_record(directory, record.node_ip)
+        if previous is not None and previous.pid == record.pid and previous.fabric:
+            record = replace(record, fabric=previous.fabric)
     tmp = path.with_suffix(f".{record.pid}.tmp")
     tmp.write_text(json.dumps(asdict(record)))
     tmp.replace(path)
@@ -61,6 +67,13 @@ def read_record(directory: Path, node_ip: str) -> RunRecord | None:
         return RunRecord.from_json(json.loads(record_path(directory, node_ip).read_text()))
     except (OSError, ValueError, TypeError):
         return None
+
+
+def record_fabric(directory: Path, node_ip: str, fabric: dict) -> None:
+    """Add the fabric check to this node's record (none when attached: no record)."""
+    record = read_record(directory, node_ip)
+    if record is not None:
+        write_record(directory, replace(record, fabric=fabric))
 
 
 def remove_record(directory: Path, node_ip: str, pid: int) -> None:

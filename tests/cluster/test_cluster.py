@@ -171,6 +171,29 @@ def test_fabric_test_with_gloo_between_the_nodes(cluster):
     assert next(line for line in r.stdout.splitlines() if line.startswith("64K"))
 
 
+def test_serve_refused_below_min_fabric_gbps_leaves_nothing_running(cluster, tmp_path):
+    """`serve --min-fabric-gbps` above what the fabric gives: attached to the shared
+    cluster (as inside `ray job submit`), the check runs on both nodes (Gloo here) and
+    serve refuses before vLLM starts: one line, exit 19, the check's ranks gone, the
+    cluster it attached to untouched."""
+    from orchestrator.sim.models.tinymodel import make_tiny_model
+
+    s, head, worker = cluster
+    model = str(make_tiny_model(tmp_path / "tiny"))
+    r = s.cli(s.head_node, "serve", model, "--simulate", "--min-fabric-gbps", "1000", timeout=240,
+              env={"RAY_ADDRESS": f"{HEAD_IP}:6379"})
+    assert r.returncode == 19, r.stderr[-3000:]
+    errors_ = [ln for ln in r.stderr.splitlines() if ln.startswith("spark-vllm: error:")]
+    assert len(errors_) == 1 and "below --min-fabric-gbps 1000" in errors_[0] and "Traceback" not in r.stderr
+    assert f"fabric check: all-reduce between {HEAD_IP}, {WORKER_IP}" in r.stderr
+    assert "starting vLLM" not in r.stderr and "Ray head started" not in r.stderr
+    deadline = time.monotonic() + 20
+    while (ranks := [x for x in s.left() if "AllReduceRank" in x]) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert not ranks, ranks
+    assert head.proc.poll() is None and worker.proc.poll() is None
+
+
 def test_stop_worker_then_head_leaves_nothing(cluster):
     """Last of the shared cluster: `stop` in each namespace (the worker's with no
     options at all), both exit 0, all gone."""

@@ -101,7 +101,7 @@ def test_newly_joined_and_lost():
 
 # --- versions ----------------------------------------------------------------------
 REPORT = {"python": "3.11.9", "ray": "2.60.0", "vllm": "0.32.0", "torch": "2.13.0", "nccl": None,
-          "spark-vllm": "0.1.0"}
+          "nccl-build": None, "spark-vllm": "0.1.0"}
 
 
 def test_same_versions_no_skew():

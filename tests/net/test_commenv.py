@@ -40,6 +40,7 @@ def test_every_variable_the_playbook_exports(ports):
         "MASTER_ADDR": "192.168.100.10",
         "RAY_memory_monitor_refresh_ms": "0",
         "NCCL_IB_HCA": "rocep1s0f1,roceP2p1s0f1",
+        "NCCL_IB_GID_INDEX": "3",
     }
     assert set(p.as_dict()) == set(COMM_VARS)
     assert all(v.source == "spark-vllm" and v.why for v in p.variables)

@@ -137,6 +137,7 @@ def test_env_shell_evaluated_by_bash(pair, cli):
         "MASTER_ADDR": "192.168.100.10",
         "RAY_memory_monitor_refresh_ms": "0",
         "NCCL_IB_HCA": "rocep1s0f1",
+        "NCCL_IB_GID_INDEX": "3",
     }
     assert "UCX_NET_DEVICES" in r.stderr and "--force" in r.stderr  # the kept value is reported
 

@@ -141,3 +141,39 @@ def test_every_check_names_a_fix_when_it_fails(spark):
               cluster_nodes=0, machine="x86_64")
     bad = [x for x in c.run_checks(f) if x.status in (c.FAIL, c.WARN)]
     assert len(bad) >= 8 and all(x.fix and "\n" not in x.fix for x in bad)
+
+
+# --- the fabric as NCCL sees it (issue 20) ------------------------------------------------
+def test_mtu_below_9000_warns(make_iface):
+    d = Discovery((make_iface("enp1s0f1np1", "192.168.100.11/24", mtu=1500),), "netlink")
+    got = c.jumbo_mtu(facts(d))
+    assert got.status == c.WARN and "MTU 1500" in got.detail and "mtu: 9000" in got.fix
+
+
+def recorded_check(busbw: float, backend: str = "nccl") -> dict:
+    return {"backend": backend, "busbw_gbps": busbw, "peak_size": 256 << 20, "transports": {"a": "NET/IB"},
+            "status": "below", "level": "warn", "message": "", "link_speed_mbps": 200000}
+
+
+def test_measured_bandwidth_far_below_the_negotiated_speed(spark):
+    got = c.measured_bandwidth(facts(spark, fabric_check=recorded_check(1.6)))  # 13 Gb/s on a 200 Gb/s link
+    assert got.status == c.WARN and "1.60 GB/s" in got.detail and "negotiated 200 Gb/s" in got.detail
+    assert "6%" in got.detail and "NCCL_IB_HCA" in got.fix and "MTU 9000" in got.fix
+    assert c.measured_bandwidth(facts(spark, fabric_check=recorded_check(23.7))).status == c.PASS
+    assert c.measured_bandwidth(facts(spark, fabric_check=recorded_check(0.4, "gloo"))).status == c.SKIP
+    assert c.measured_bandwidth(facts(spark)).status == c.SKIP  # no check recorded
+
+
+def test_nccl_library_reported(spark):
+    from orchestrator.cluster.nccl import NcclBuild, NcclReport
+
+    pip = NcclBuild("/venv/nvidia/nccl/lib/libnccl.so.2", "2.28.9+cuda13.0", "a" * 64)
+    dgx = NcclBuild("/usr/lib/aarch64-linux-gnu/libnccl.so.2", "2.28.9+cuda13.0", "b" * 64)
+    got = c.nccl_library(facts(spark, nccl=NcclReport("13.0", pip, "shared", others=(dgx,)).to_json()))
+    assert got.status == c.PASS and "torch loads NCCL 2.28.9+cuda13.0 (/venv/nvidia" in got.detail
+    assert "also has 2.28.9+cuda13.0 (/usr/lib/aarch64-linux-gnu/libnccl.so.2, sha256 bbbbbbbbbbbb)" in got.detail
+    assert "--nccl-library" in got.fix
+    cpu = c.nccl_library(facts(spark, nccl=NcclReport(None).to_json()))
+    assert cpu.status == c.SKIP and cpu.detail == "torch is a CPU build: no NCCL"
+    lost = c.nccl_library(facts(spark, nccl=NcclReport("13.0", None, "unknown").to_json()))
+    assert lost.status == c.WARN

@@ -54,6 +54,10 @@ def test_ready_announced_with_tp2_over_both_nodes(served, model):
     assert any("TP 2 x PP 1 over 2 GPU(s), executor ray" in line for line in head)
     ready = [line for line in head if line.startswith("ready:")]
     assert ready and sim.url in ready[0] and "engine" in ready[0]
+    # The fabric check ran between the nodes before vLLM started: Gloo here, no verdict.
+    check = next(i for i, line in enumerate(head) if line.startswith("fabric check ("))
+    assert "gloo: 192.168.100.10 gloo/TCP, 192.168.100.11 gloo/TCP): not-comparable" in head[check]
+    assert check < next(i for i, line in enumerate(head) if "starting vLLM" in line)
 
 
 def test_health_and_models(served, model):
@@ -181,6 +185,9 @@ def test_status_sees_cluster_and_server(served):
         [(sim.net.nodes[0].ip, True), (sim.net.nodes[1].ip, False)]
     assert status["server"]["health"] == "healthy"
     assert status["auth"] == {"ray_token": "on", "api_key": "on"}
+    fabric = status["fabric"]  # from the head's run record
+    assert (fabric["backend"], fabric["status"], fabric["iface"]) == ("gloo", "not-comparable", "enp1s0f1np1")
+    assert fabric["busbw_gbps"] > 0 and set(fabric["transports"]) == {n.ip for n in sim.net.nodes}
 
 
 def test_our_gauges_in_vllms_metrics(served):
@@ -200,6 +207,9 @@ def test_our_gauges_in_vllms_metrics(served):
     assert float(values['spark_vllm_phase_duration_seconds{phase="cluster"}']) > 0
     assert float(values['spark_vllm_phase_duration_seconds{phase="engine"}']) > 0
     assert float(values["spark_vllm_engine_restarts_total"]) == 0
+    assert float(values['spark_vllm_fabric_bus_bandwidth_bytes_per_second{backend="gloo",verdict="not-comparable"}']) > 0
+    assert float(values['spark_vllm_fabric_transport{node="192.168.100.11",transport="gloo/TCP"}']) == 1
+    assert float(values['spark_vllm_phase_duration_seconds{phase="fabric_check"}']) > 0
 
 
 def test_bench_against_the_server(served, model):

@@ -147,6 +147,48 @@ def mtu(f: Facts) -> Check:
     return Check("MTU", PASS, f"MTU {here} on both ends")
 
 
+JUMBO_MTU = 9000
+
+
+def jumbo_mtu(f: Facts) -> Check:
+    """RoCE over MTU 1500 was measured at about 3 GB/s between two Sparks, 23.7 at 9000."""
+    choice, _ = _choice(f)
+    if choice is None or choice.interface.mtu is None:
+        return Check("MTU 9000", SKIP, "no fabric port")
+    here = choice.interface.mtu
+    if here < JUMBO_MTU:
+        return Check("MTU 9000", WARN, f"{choice.name} has MTU {here}: RoCE gets a fraction of the link "
+                     "(about 3 GB/s of all-reduce instead of 23.7 at MTU 9000)",
+                     f"set `mtu: 9000` for {choice.name} in netplan on both Sparks (and the switch, if any)")
+    return Check("MTU 9000", PASS, f"{choice.name} MTU {here}")
+
+
+def measured_bandwidth(f: Facts) -> Check:
+    """The last fabric check `serve` recorded here against the port's negotiated speed."""
+    from .fabric import BELOW_FIXES, HEALTHY_FRACTION
+    from .fabriccheck import FabricCheck
+
+    choice, _ = _choice(f)
+    if not f.fabric_check:
+        return Check("fabric bandwidth", SKIP, "no fabric check recorded on this machine "
+                     "(serve runs one before vLLM starts; or `spark-vllm fabric-test`)")
+    check = FabricCheck.from_json(dict(f.fabric_check))
+    speed = (choice.interface.speed_mbps if choice else None) or check.link_speed_mbps
+    if check.backend != "nccl":
+        return Check("fabric bandwidth", SKIP, f"{check.busbw_gbps:.2f} GB/s measured with {check.backend} "
+                     "(the CPU simulation): not comparable with the link")
+    if not speed:
+        return Check("fabric bandwidth", SKIP, f"{check.busbw_gbps:.2f} GB/s measured; the link speed is unknown")
+    line = speed / 8000
+    if check.busbw_gbps < line * HEALTHY_FRACTION:
+        return Check("fabric bandwidth", WARN,
+                     f"the last check measured {check.busbw_gbps:.2f} GB/s of all-reduce bus bandwidth over a "
+                     f"link that negotiated {speed / 1000:g} Gb/s ({line:g} GB/s): "
+                     f"{check.busbw_gbps / line:.0%} of it, healthy from {HEALTHY_FRACTION:.0%}", f"check {BELOW_FIXES}")
+    return Check("fabric bandwidth", PASS, f"{check.busbw_gbps:.2f} GB/s measured over {speed / 1000:g} Gb/s "
+                 f"({check.busbw_gbps / line:.0%} of the line rate)")
+
+
 # --- GPU and memory ------------------------------------------------------------------
 def gpus(f: Facts) -> Check:
     if f.simulate:
@@ -173,6 +215,24 @@ def cuda_versions(f: Facts) -> Check:
         return Check("CUDA", FAIL, f"torch needs CUDA {f.torch_cuda} but the driver supports {f.driver_cuda}",
                      "update the driver (DGX OS updates) or use an image built for this CUDA", ROW_CUDA)
     return Check("CUDA", PASS, f"driver CUDA {f.driver_cuda} runs torch's CUDA {f.torch_cuda}")
+
+
+def nccl_library(f: Facts) -> Check:
+    from ...cluster.nccl import NcclReport
+
+    if f.nccl is None:
+        return Check("NCCL library", SKIP, "not read")
+    report = NcclReport.from_json(f.nccl)
+    if report.torch_cuda is None:
+        return Check("NCCL library", SKIP, report.summary())
+    others = "; ".join(b.describe() for b in report.others)
+    also = f"; this machine also has {others}" if others else "; no other NCCL build found on this machine"
+    if report.torch is None and report.linkage != "static":
+        return Check("NCCL library", WARN, report.summary() + also,
+                     "install the NCCL torch was built with, or name one with --nccl-library")
+    fix = "if TP hangs inside NCCL, try the other build on every Spark (--nccl-library system|bundled)" \
+        if others else ""
+    return Check("NCCL library", PASS, report.summary() + also, fix)
 
 
 def architecture(f: Facts) -> Check:
@@ -341,7 +401,8 @@ def server(f: Facts) -> Check:
 
 
 CHECKS: tuple[Callable[[Facts], Check], ...] = (
-    fabric_port, link_speed, twin_subnets, peer, mtu, gpus, cuda_versions, architecture, memory,
+    fabric_port, link_speed, twin_subnets, peer, mtu, jumbo_mtu, measured_bandwidth, gpus, cuda_versions,
+    nccl_library, architecture, memory,
     model_present, hf_token, disk, ray_ports, docker, ray_token, exposure, cluster_nodes, versions_equal, server,
 )
 

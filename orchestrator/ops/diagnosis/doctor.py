@@ -13,7 +13,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Mapping
 
-from ...cluster import runstate
+from ...cluster import nccl, runstate
 from ...cluster.auth import plan_auth
 from ...errors import SparkVllmError
 from ...net.discovery import discover
@@ -72,7 +72,10 @@ def gather(req: DoctorRequest, environ: Mapping[str, str] = os.environ) -> fx.Fa
         model, where = fx.read_model(req.model, environ)
         f = replace(f, model=model, disk_free_bytes=fx.disk_free(where))
     addresses = [a for i in (f.discovery.interfaces if f.discovery else ()) for a in i.addresses]
-    own = bool(runstate.records_for(runstate.run_dir(environ), addresses))
+    records = runstate.records_for(runstate.run_dir(environ), addresses)
+    own = bool(records)
+    f = replace(f, nccl=nccl.node_report(environ).to_json(),
+                fabric_check=next((r.fabric for r in records if r.fabric), None))
     bind_ip = node_ip or "0.0.0.0"
     docker_socket, access, member = fx.docker_facts(environ)
     auth = plan_auth(environ, req.token_file, req.no_auth)

@@ -12,6 +12,7 @@ values; `run_fabric_test` is the thin Ray part, and `AllReduceRank` runs on the 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import time
@@ -95,7 +96,13 @@ def verdict(rows: tuple[Measurement, ...], world: int, backend: str, speed_mbps:
         return Verdict(peak, link, healthy, "healthy", f"{peak:.1f} GB/s bus bandwidth of {link:g} GB/s line rate")
     return Verdict(peak, link, healthy, "below",
                    f"{peak:.1f} GB/s bus bandwidth, below the {healthy:g} GB/s a healthy {link * 8:g} Gb/s "
-                   "link gives: check the cable, MTU, and that NCCL uses RoCE (NCCL_IB_HCA), not sockets")
+                   f"link gives: {BELOW_FIXES}")
+
+
+# What users found behind a slow Spark fabric (about 3 GB/s before, 23.7 GB/s after).
+BELOW_FIXES = ("both twins of the port in NCCL_IB_HCA (e.g. rocep1s0f1,roceP2p1s0f1), MTU 9000 on both Sparks, "
+               "the QSFP cable (reseat it; `spark-vllm doctor` shows the negotiated speed), and the NCCL build "
+               "(try --nccl-library system, DGX OS's own)")
 
 
 @dataclass(frozen=True)
@@ -134,11 +141,40 @@ def pick_backend(requested: str, cuda_per_node: list[bool]) -> str:
 # --- on each node --------------------------------------------------------------------
 # Variables that decide which interface and transport the process group uses.
 SHOWN_VARS = ("NCCL_SOCKET_IFNAME", "GLOO_SOCKET_IFNAME", "NCCL_IB_HCA", "NCCL_IB_DISABLE", "NCCL_P2P_DISABLE",
-              "NCCL_SHM_DISABLE", "NCCL_NVLS_ENABLE", "CUDA_VISIBLE_DEVICES", "MASTER_ADDR")
+              "NCCL_SHM_DISABLE", "NCCL_NVLS_ENABLE", "NCCL_IB_GID_INDEX", "NCCL_IB_ROCE_VERSION_NUM",
+              "NCCL_IB_ADDR_FAMILY", "VLLM_NCCL_SO_PATH", "LD_PRELOAD", "CUDA_VISIBLE_DEVICES", "MASTER_ADDR")
+
+
+# NCCL's own account of the transport it chose, written by each rank to a file of its own.
+NCCL_REPORT_ENV = {"NCCL_DEBUG": "INFO", "NCCL_DEBUG_SUBSYS": "INIT,NET"}
+NCCL_KEPT_LINES = 200
+
+
+def nccl_lines(text: str) -> list[str]:
+    """The lines of NCCL's debug output worth keeping: versions, networks, channels, warnings."""
+    keep = ("NCCL version", "NET/", "Using network", "via ", "WARN", "nNodes", "No device")
+    return [ln.strip() for ln in text.splitlines() if "NCCL" in ln and any(k in ln for k in keep)][:NCCL_KEPT_LINES]
+
+
+def transport_of(lines: list[str]) -> str | None:
+    """The inter-node transport NCCL chose, from its INFO lines: the channels' `via
+    NET/IB/0` (or `NET/Socket/0`), else `Using network IB` -> NET/IB. None: no report."""
+    vias = {m.group(1) for ln in lines if (m := re.search(r"\bvia (NET/[A-Za-z]+)", ln))}
+    if vias:
+        return ",".join(sorted(vias))
+    used = [m.group(1) for ln in lines if (m := re.search(r"Using network (\S+)", ln))]
+    return f"NET/{used[-1]}" if used else None
 
 
 class AllReduceRank:
-    """One rank, as a Ray actor on its node (its environment is the raylet's)."""
+    """One rank, as a Ray actor on its node (its environment is the raylet's). NCCL is
+    told to write its INFO lines to a file of this rank before anything loads it."""
+
+    def __init__(self) -> None:
+        import tempfile
+
+        self.report_dir = tempfile.mkdtemp(prefix="spark-vllm-nccl-")
+        os.environ.update(NCCL_REPORT_ENV, NCCL_DEBUG_FILE=os.path.join(self.report_dir, "nccl.%p.log"))
 
     def probe(self) -> dict:
         import torch
@@ -150,8 +186,29 @@ class AllReduceRank:
                 "env": {k: os.environ[k] for k in SHOWN_VARS if k in os.environ}}
 
     def run(self, rank: int, world: int, master: str, port: int, backend: str, sizes: tuple[int, ...],
-            iters: int, warmup: int, timeout_s: float) -> list[float]:
-        """Mean seconds of one all-reduce per size; checks the sum once."""
+            iters: int, warmup: int, timeout_s: float) -> dict:
+        """{"times": mean seconds of one all-reduce per size, "nccl": NCCL's report lines};
+        checks the sum once."""
+        try:
+            times = self._run(rank, world, master, port, backend, sizes, iters, warmup, timeout_s)
+        except Exception as exc:  # NCCL's own words say why (no device, a refused connection)
+            said = self._read_report()[-3:]
+            raise RuntimeError(f"{exc}" + (f" | NCCL: {' | '.join(said)}" if said else "")) from exc
+        return {"times": times, "nccl": self._read_report()}
+
+    def _read_report(self) -> list[str]:
+        import shutil
+
+        text = ""
+        with contextlib.suppress(OSError):
+            for name in sorted(os.listdir(self.report_dir)):
+                with open(os.path.join(self.report_dir, name), errors="replace") as f:
+                    text += f.read()
+        shutil.rmtree(self.report_dir, ignore_errors=True)
+        return nccl_lines(text)
+
+    def _run(self, rank: int, world: int, master: str, port: int, backend: str, sizes: tuple[int, ...],
+             iters: int, warmup: int, timeout_s: float) -> list[float]:
         from datetime import timedelta
 
         import torch
@@ -201,6 +258,10 @@ class FabricOptions:
     backend: str = "auto"  # auto, nccl, gloo
     port: int = DEFAULT_PORT
     timeout_s: float = 300.0
+    gloo_sizes: tuple[int, ...] | None = None  # where Gloo runs instead (the CPU simulation); None: sizes
+
+    def sizes_for(self, backend: str) -> tuple[int, ...]:
+        return self.gloo_sizes if backend == "gloo" and self.gloo_sizes else self.sizes
 
 
 def ranks_of(state: ClusterState) -> tuple[NodeInfo, ...]:
@@ -230,7 +291,8 @@ def run_fabric_test(state: ClusterState, master: str, opts: FabricOptions,
             raise FabricTestFailed("the test actors did not start within 120 s",
                                    "are the GPUs busy? a running `spark-vllm serve` holds them") from None
         backend = pick_backend(opts.backend, [p["cuda"] for p in probes])
-        refs = [a.run.remote(rank, len(nodes), master, opts.port, backend, opts.sizes, opts.iters, opts.warmup,
+        sizes = opts.sizes_for(backend)
+        refs = [a.run.remote(rank, len(nodes), master, opts.port, backend, sizes, opts.iters, opts.warmup,
                              opts.timeout_s) for rank, a in enumerate(actors)]
         try:
             per_rank = ray.get(refs, timeout=opts.timeout_s + 60)
@@ -244,7 +306,9 @@ def run_fabric_test(state: ClusterState, master: str, opts: FabricOptions,
     finally:
         for a in actors:
             ray.kill(a)
-    rows = combine(per_rank, opts.sizes)
-    ranks = tuple({"rank": r, "ip": n.ip, **p} for r, (n, p) in enumerate(zip(nodes, probes)))
+    rows = combine([r["times"] for r in per_rank], sizes)
+    ranks = tuple({"rank": r, "ip": n.ip, **p, "transport": transport_of(out["nccl"]) if backend == "nccl"
+                   else f"{backend}/TCP", "nccl_report": out["nccl"]}
+                  for r, (n, p, out) in enumerate(zip(nodes, probes, per_rank)))
     return FabricReport(backend, len(nodes), tuple(n.ip for n in nodes), master, rows,
                         verdict(rows, len(nodes), backend, speed_mbps), ranks)

@@ -94,6 +94,8 @@ class Facts:
     versions: Mapping[str, Mapping[str, str | None]] | None = None  # node ip -> report
     cluster_error: str | None = None
     server_health: str | None = None
+    nccl: Mapping | None = None  # this machine's NcclReport.to_json(); None: not read
+    fabric_check: Mapping | None = None  # the last serve fabric check in this machine's run record
 
 
 # --- readers -----------------------------------------------------------------------

@@ -20,6 +20,7 @@ from typing import Callable, Iterable
 
 from ...cluster.nodes import ClusterState
 from ...net.discovery import Interface
+from ..diagnosis.fabriccheck import FabricCheck
 
 log = logging.getLogger("spark_vllm")
 PREFIX = "spark_vllm_"
@@ -34,7 +35,14 @@ class ServingState:
     phases: dict[str, float] = field(default_factory=dict)  # phase -> seconds
     engine_restarts: int = 0
     node_loss_detection_s: float | None = None  # the last loss, from its cause to noticing it
+    fabric: FabricCheck | None = None  # the check before vLLM started
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def fabric_checked(self, check: FabricCheck | None) -> None:
+        if check is not None:
+            self.phase("fabric_check", check.seconds)
+            with self._lock:
+                self.fabric = check
 
     def phase(self, name: str, seconds: float) -> None:
         with self._lock:
@@ -75,6 +83,14 @@ def samples(state: ServingState, cluster: ClusterState | None, link: Interface |
                               link.speed_mbps * 1e6, labels))
     with state._lock:
         phases, restarts, loss = dict(state.phases), state.engine_restarts, state.node_loss_detection_s
+        check = state.fabric
+    if check is not None:
+        out.append(Sample("fabric_bus_bandwidth_bytes_per_second", "gauge",
+                          "Peak all-reduce bus bandwidth of the fabric check before vLLM started",
+                          check.busbw_gbps * 1e9, (("backend", check.backend), ("verdict", check.status))))
+        out += [Sample("fabric_transport", "gauge", "The transport NCCL chose on each node in the fabric check "
+                       "(NET/IB, NET/Socket; gloo/TCP on the CPU simulation)", 1.0,
+                       (("node", ip), ("transport", transport))) for ip, transport in check.transports]
     out += [Sample("phase_duration_seconds", "gauge", "How long each start-up phase took", v, (("phase", k),))
             for k, v in sorted(phases.items())]
     out.append(Sample("engine_restarts", "counter", "Engine restarts after a lost node", restarts))

@@ -237,12 +237,12 @@ class SimNetwork:
             if address:
                 self.add_address(node)
             ops.set_link(ns, port.iface, up=True)
-            self._write_sysfs(node, port)
+            self._write_sysfs(node, port, address)
             nodes.append(node)
         self.wait_settled()
         return tuple(nodes)
 
-    def _write_sysfs(self, node: SimNode, port: Port) -> None:
+    def _write_sysfs(self, node: SimNode, port: Port, address: bool = True) -> None:
         net = Path(node.sysfs_root, "class", "net", port.iface)
         net.mkdir(parents=True)
         (net / "speed").write_text(f"{port.speed_mbps}\n")
@@ -251,6 +251,8 @@ class SimNetwork:
         if port.roce_device:
             Path(node.sysfs_root, "class", "infiniband", port.roce_device, "device", "net",
                  port.iface).mkdir(parents=True)
+            write_gids(node.sysfs_root, port.roce_device, spark_gids(port.iface, node.index,
+                                                                    node.ip if address else None))
 
     # --- changing a node (tests) ---------------------------------------------------
     def set_link(self, node: SimNode, up: bool) -> None:
@@ -318,6 +320,37 @@ class SimNetwork:
             if raise_errors:
                 raise SimulationError(f"cleanup failed: {'; '.join(failures)}",
                                       f"remove leftovers with cleanup_stale({self.prefix!r})")
+
+
+# --- fake GID tables -------------------------------------------------------------
+GID_SLOTS = 8  # a real port has 255 (mostly all-zero); a few unused ones are kept
+
+
+def spark_gids(iface: str, index: int, ipv4: str | None) -> dict[int, tuple[str, str, str]]:
+    """A ConnectX-7 port's table as mlx5 fills it: the link-local GID as RoCE v1 and v2
+    (0, 1), then the IPv4-mapped GID as v1 and v2 (2, 3) once the port has an address."""
+    link_local = f"fe80:0000:0000:0000:0e42:a1ff:fe{index:02x}:{0x10 + index:04x}"
+    table = {0: (link_local, "IB/RoCE v1", iface), 1: (link_local, "RoCE v2", iface)}
+    if ipv4:
+        a, b, c, d = (int(x) for x in ipv4.split("."))
+        mapped = f"0000:0000:0000:0000:0000:ffff:{a << 8 | b:04x}:{c << 8 | d:04x}"
+        table.update({2: (mapped, "IB/RoCE v1", iface), 3: (mapped, "RoCE v2", iface)})
+    return table
+
+
+def write_gids(sysfs_root: str, device: str, table: dict[int, tuple[str, str, str]], port: int = 1) -> None:
+    """`ports/P/gids/N`, `gid_attrs/types/N`, `gid_attrs/ndevs/N` of a fake device,
+    replacing what was there; unused slots read as zeros and have no attributes."""
+    base = Path(sysfs_root, "class", "infiniband", device, "ports", str(port))
+    for sub in ("gids", "gid_attrs/types", "gid_attrs/ndevs"):
+        shutil.rmtree(base / sub, ignore_errors=True)
+        (base / sub).mkdir(parents=True)
+    for n in range(max(GID_SLOTS, max(table, default=0) + 1)):
+        gid, kind, ndev = table.get(n, (":".join(["0000"] * 8), None, None))
+        (base / "gids" / str(n)).write_text(gid + "\n")
+        if kind:
+            (base / "gid_attrs" / "types" / str(n)).write_text(kind + "\n")
+            (base / "gid_attrs" / "ndevs" / str(n)).write_text(ndev + "\n")
 
 
 # --- module helpers ---------------------------------------------------------------
