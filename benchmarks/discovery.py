@@ -164,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 _COMM_VARS = ("VLLM_HOST_IP", "NCCL_SOCKET_IFNAME", "GLOO_SOCKET_IFNAME", "TP_SOCKET_IFNAME", "UCX_NET_DEVICES",
-              "OMPI_MCA_btl_tcp_if_include", "MASTER_ADDR", "RAY_memory_monitor_refresh_ms", "NCCL_IB_HCA")
+              "OMPI_MCA_btl_tcp_if_include", "MASTER_ADDR", "RAY_memory_monitor_refresh_ms", "RAY_worker_niceness", "NCCL_IB_HCA")
 
 if __name__ == "__main__":
     raise SystemExit(main())

@@ -54,7 +54,7 @@ CONCURRENCIES = "1,4,16"
 SERVING_REPEATS = 3  # timed client runs a level on each server; its median run is kept
 # Variables the user's shell must not leak into either flow.
 DROP = ("VLLM_HOST_IP", "NCCL_SOCKET_IFNAME", "GLOO_SOCKET_IFNAME", "TP_SOCKET_IFNAME", "UCX_NET_DEVICES",
-        "OMPI_MCA_btl_tcp_if_include", "MASTER_ADDR", "RAY_memory_monitor_refresh_ms", "NCCL_IB_HCA",
+        "OMPI_MCA_btl_tcp_if_include", "MASTER_ADDR", "RAY_memory_monitor_refresh_ms", "RAY_worker_niceness", "NCCL_IB_HCA",
         "RAY_ADDRESS")
 
 

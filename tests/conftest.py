@@ -38,7 +38,7 @@ TOKEN_NAMES = ("auth_token", "ray-token")  # token files the tests or spark-vllm
 COMM_VARS = (
     "VLLM_HOST_IP", "NCCL_SOCKET_IFNAME", "GLOO_SOCKET_IFNAME", "TP_SOCKET_IFNAME",
     "UCX_NET_DEVICES", "OMPI_MCA_btl_tcp_if_include", "MASTER_ADDR",
-    "RAY_memory_monitor_refresh_ms", "NCCL_IB_HCA", "NCCL_IB_GID_INDEX",
+    "RAY_memory_monitor_refresh_ms", "RAY_worker_niceness", "NCCL_IB_HCA", "NCCL_IB_GID_INDEX",
 )
 # Planned instead of NCCL_IB_GID_INDEX when the devices' GID indexes disagree.
 GID_FALLBACK_VARS = ("NCCL_IB_ROCE_VERSION_NUM", "NCCL_IB_ADDR_FAMILY")

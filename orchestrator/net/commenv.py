@@ -83,6 +83,10 @@ def planned_values(choice: Choice, interfaces: tuple[Interface, ...], head_ip: s
         ("OMPI_MCA_btl_tcp_if_include", name, "Open MPI's TCP transport on the fabric"),
         ("MASTER_ADDR", head_ip or choice.address, "the head's address"),
         ("RAY_memory_monitor_refresh_ms", "0", "Ray's memory monitor kills workers on unified memory"),
+        # vLLM's tensor-parallel ranks are Ray workers, which Ray starts at nice 15, below
+        # vLLM's own engine process (nice 0) that waits on them: under CPU pressure the
+        # engine's polling then takes the ranks' CPU (docs/performance.md).
+        ("RAY_worker_niceness", "0", "vLLM's tensor-parallel ranks run as Ray workers: no lower priority than vLLM's engine"),
     ]
     hcas = roce_hcas(interfaces)
     if hcas:

@@ -39,6 +39,7 @@ def test_every_variable_the_playbook_exports(ports):
         "OMPI_MCA_btl_tcp_if_include": "enp1s0f1np1",
         "MASTER_ADDR": "192.168.100.10",
         "RAY_memory_monitor_refresh_ms": "0",
+        "RAY_worker_niceness": "0",
         "NCCL_IB_HCA": "rocep1s0f1,roceP2p1s0f1",
         "NCCL_IB_GID_INDEX": "3",
     }

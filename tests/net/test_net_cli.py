@@ -136,6 +136,7 @@ def test_env_shell_evaluated_by_bash(pair, cli):
         "OMPI_MCA_btl_tcp_if_include": "enp1s0f1np1",
         "MASTER_ADDR": "192.168.100.10",
         "RAY_memory_monitor_refresh_ms": "0",
+        "RAY_worker_niceness": "0",
         "NCCL_IB_HCA": "rocep1s0f1",
         "NCCL_IB_GID_INDEX": "3",
     }

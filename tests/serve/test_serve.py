@@ -11,9 +11,11 @@ import sys
 import textwrap
 import time
 
+import psutil
 import pytest
 
 from orchestrator.sim.namespaces import netns
+from orchestrator.sim.namespaces.nsops import namespace_pids
 from orchestrator.sim.demo.run import SIM_VLLM_FLAGS, serving_cluster
 from orchestrator.sim.demo.greedy import EXACT_FLAGS, NEAR_TIE, hold_against_reference, served_generations
 from orchestrator.sim.models.tinymodel import make_tiny_model
@@ -58,6 +60,23 @@ def test_ready_announced_with_tp2_over_both_nodes(served, model):
     check = next(i for i, line in enumerate(head) if line.startswith("fabric check ("))
     assert "gloo: 192.168.100.10 gloo/TCP, 192.168.100.11 gloo/TCP): not-comparable" in head[check]
     assert check < next(i for i, line in enumerate(head) if "starting vLLM" in line)
+
+
+def test_tensor_parallel_ranks_run_at_vllms_own_priority(served):
+    """Ray starts its workers at nice 15; vLLM's ranks are Ray workers and must not run
+    below vLLM's engine process, which waits on them (the plan's RAY_worker_niceness=0)."""
+    sim, _ = served
+    ranks = {}
+    for node in sim.net.nodes:
+        for pid in namespace_pids(node.netns):
+            try:
+                p = psutil.Process(pid)
+                if "RayWorkerProc" in " ".join(p.cmdline()):
+                    ranks[(node.ip, pid)] = p.nice()
+            except psutil.Error:
+                continue
+    assert {ip for ip, _ in ranks} == {n.ip for n in sim.net.nodes}, ranks  # a rank on each Spark
+    assert set(ranks.values()) == {0}, ranks
 
 
 def test_health_and_models(served, model):
