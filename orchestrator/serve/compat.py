@@ -317,63 +317,66 @@ def _layout_needs() -> tuple[Need, ...]:
     return tuple(needs)
 
 
-def _flags(parser: str, used_by: str, *flags: str, since: Version = (0, 0, 0)) -> tuple[Need, ...]:
-    return tuple(Need("flag", flag, parser, used_by, since) for flag in flags)
+def _each(kind: str, where: str, used_by: str, *names: str, since: Version = (0, 0, 0)) -> tuple[Need, ...]:
+    return tuple(Need(kind, name, where, used_by, since) for name in names)
+
+
+def _table(kind: str, where: str, rows: tuple[tuple[str, str], ...]) -> tuple[Need, ...]:
+    return tuple(Need(kind, name, where, used_by) for name, used_by in rows)
 
 
 ENTRYPOINTS = "vllm.entrypoints"
+REFERENCE = "demo: the single-process reference run (sim/demo/greedy.py)"
 NEEDS: tuple[Need, ...] = (
     *_layout_needs(),
-    *_flags(SERVE, "serve: fills them when unset, reads them (engine.py, servecmd.py)",
-            "--model", "--tensor-parallel-size", "-tp", "--pipeline-parallel-size", "-pp",
-            "--distributed-executor-backend", "--served-model-name", "--host", "--port", "--api-key"),
+    *_each("flag", SERVE, "serve: fills them when unset, reads them (engine.py, servecmd.py)",
+           "--model", "--tensor-parallel-size", "-tp", "--pipeline-parallel-size", "-pp",
+           "--distributed-executor-backend", "--served-model-name", "--host", "--port", "--api-key"),
     # Optional: older releases lack it and engine.fill_unset leaves it alone there.
-    *_flags(SERVE, "serve: a 30 s drain on SIGTERM (engine.fill_unset)", "--shutdown-timeout", since=(0, 20, 0)),
-    *_flags(SERVE, "models: the memory fit check and the presets of matrix.toml",
-            "--max-model-len", "--gpu-memory-utilization", "--kv-cache-dtype", "--kv-cache-memory-bytes",
-            "--max-num-seqs", "--max-num-batched-tokens", "--trust-remote-code"),
-    *_flags(SERVE, "the demo's and the GPU simulation's flags", "--dtype", "--enforce-eager",
-            "--disable-custom-all-reduce"),
-    *_flags(ENGINE, "the demo's single-process reference (EngineArgs.add_cli_args)",
-            "--model", "--max-model-len", "--max-num-seqs", "--kv-cache-memory-bytes", "--dtype",
-            "--gpu-memory-utilization", "--enforce-eager", "--disable-custom-all-reduce"),
-    *_flags(BENCH, "bench: vLLM's benchmark client (ops/observation/bench.py client_argv)",
-            "--backend", "--base-url", "--endpoint", "--model", "--tokenizer", "--dataset-name",
-            "--random-input-len", "--random-output-len", "--ignore-eos", "--temperature", "--num-prompts",
-            "--max-concurrency", "--percentile-metrics", "--metric-percentiles", "--seed", "--disable-tqdm"),
+    *_each("flag", SERVE, "serve: a 30 s drain on SIGTERM (engine.fill_unset)", "--shutdown-timeout",
+           since=(0, 20, 0)),
+    *_each("flag", SERVE, "models: the memory fit check and the presets of matrix.toml",
+           "--max-model-len", "--gpu-memory-utilization", "--kv-cache-dtype", "--kv-cache-memory-bytes",
+           "--max-num-seqs", "--max-num-batched-tokens", "--trust-remote-code"),
+    *_each("flag", SERVE, "the demo's and the GPU simulation's flags", "--dtype", "--enforce-eager",
+           "--disable-custom-all-reduce"),
+    *_each("flag", ENGINE, REFERENCE, "--model", "--max-model-len", "--max-num-seqs", "--kv-cache-memory-bytes",
+           "--dtype", "--gpu-memory-utilization", "--enforce-eager", "--disable-custom-all-reduce"),
+    *_each("flag", BENCH, "bench: vLLM's benchmark client (ops/observation/bench.py client_argv)",
+           "--backend", "--base-url", "--endpoint", "--model", "--tokenizer", "--dataset-name",
+           "--random-input-len", "--random-output-len", "--ignore-eos", "--temperature", "--num-prompts",
+           "--max-concurrency", "--percentile-metrics", "--metric-percentiles", "--seed", "--disable-tqdm"),
     # Optional: left out where absent (drop_absent_flags).
-    *_flags(BENCH, "bench: one warm-up request per concurrent slot", "--num-warmups", since=(0, 11, 1)),
+    *_each("flag", BENCH, "bench: one warm-up request per concurrent slot", "--num-warmups", since=(0, 11, 1)),
     Need("choice", "ray", "vllm.config.parallel.DistributedExecutorBackend",
          "serve: --distributed-executor-backend ray, always set (0.33 no longer picks it)"),
-    Need("function", "add_cli_args", "vllm.benchmarks.serve", "bench: the client's flags"),
-    Need("function", "main", "vllm.benchmarks.serve", "bench: runs the client, returns its figures"),
+    *_each("function", "vllm.benchmarks.serve", "bench: the client's flags, then the client", "add_cli_args", "main"),
     Need("class", "CpuPlatform", "vllm.platforms.cpu", "simulation: the platform it subclasses"),
     Need("attribute", "CpuPlatform.ray_device_key", "vllm.platforms.cpu",
          "simulation: set to GPU so that vLLM's Ray executor runs on the CPU build"),
-    Need("class", "LLM", "vllm", "demo: the single-process reference run"),
-    Need("class", "SamplingParams", "vllm", "demo: the single-process reference run"),
-    Need("class", "EngineArgs", "vllm.engine.arg_utils", "demo: the single-process reference run"),
-    Need("method", "EngineArgs.add_cli_args", "vllm.engine.arg_utils", "demo: the single-process reference run"),
-    Need("class", "TokensPrompt", "vllm.inputs", "demo: the single-process reference run"),
+    *_each("class", "vllm", REFERENCE, "LLM", "SamplingParams"),
+    *_each("class", "vllm.engine.arg_utils", REFERENCE, "EngineArgs"),
+    *_each("method", "vllm.engine.arg_utils", REFERENCE, "EngineArgs.add_cli_args"),
+    *_each("class", "vllm.inputs", REFERENCE, "TokensPrompt"),
     Need("entry-point group", "vllm.platform_plugins", "vllm.platforms",
          "simulation: pyproject's platform plugin (orchestrator/sim/platform/plugin.py)"),
     Need("entry-point group", "vllm.general_plugins", "vllm.plugins",
          "serve: the SIGTERM drain under Ray (orchestrator/serve/vllm_plugin.py)"),
-    Need("env", "VLLM_HOST_IP", "vllm.envs", "net: the communication plan sets it on each node"),
-    Need("env", "VLLM_WORKER_MULTIPROC_METHOD", "vllm.envs", "serve: spawn, not fork, under a Ray driver"),
-    Need("env", "VLLM_API_KEY", "vllm.envs", "demo and bench: the API key, kept off the command line"),
-    Need("env", "VLLM_PLUGINS", "vllm.envs", "our two plugins load only while it is unset or names them"),
-    Need("env", "VLLM_TARGET_DEVICE", "vllm.envs", "simulation: cpu here skips platform plugins"),
-    Need("env", "VLLM_KEEP_ALIVE_ON_ENGINE_DEATH", "vllm.envs", "docs/supervision.md"),
-    Need("route", "/health", ENTRYPOINTS, "readiness and supervision (serve/health.py)"),
-    Need("route", "/metrics", ENTRYPOINTS, "our gauges in vLLM's registry (ops/observation/metrics.py)"),
-    Need("route", "/v1/models", ENTRYPOINTS, "status: whether an API key is on (serve/health.py)"),
-    Need("route", "/v1/chat/completions", ENTRYPOINTS, "the demo's chat request"),
-    Need("route", "/v1/completions", ENTRYPOINTS, "the demo's completion request, bench"),
-    Need("request field", "ChatCompletionRequest.return_token_ids", ENTRYPOINTS,
-         "demo: the token ids held against the single-process run"),
-    Need("request field", "CompletionRequest.return_token_ids", ENTRYPOINTS,
-         "demo: the token ids held against the single-process run"),
+    *_table("env", "vllm.envs", (
+        ("VLLM_HOST_IP", "net: the communication plan sets it on each node"),
+        ("VLLM_WORKER_MULTIPROC_METHOD", "serve: spawn, not fork, under a Ray driver"),
+        ("VLLM_API_KEY", "demo and bench: the API key, kept off the command line"),
+        ("VLLM_PLUGINS", "our two plugins load only while it is unset or names them"),
+        ("VLLM_TARGET_DEVICE", "simulation: cpu here skips platform plugins"),
+        ("VLLM_KEEP_ALIVE_ON_ENGINE_DEATH", "docs/supervision.md"))),
+    *_table("route", ENTRYPOINTS, (
+        ("/health", "readiness and supervision (serve/health.py)"),
+        ("/metrics", "our gauges in vLLM's registry (ops/observation/metrics.py)"),
+        ("/v1/models", "status: whether an API key is on (serve/health.py)"),
+        ("/v1/chat/completions", "the demo's chat request"),
+        ("/v1/completions", "the demo's completion request, bench"))),
+    *_each("request field", ENTRYPOINTS, "demo: the token ids held against the single-process run",
+           "ChatCompletionRequest.return_token_ids", "CompletionRequest.return_token_ids"),
 )
 
 

