@@ -317,10 +317,10 @@ def check(src: Source, need: Need) -> str | None:
         return None if name in src.flags(module) else f"{at}: the {where} parser ({module}) has no {name}"
     if kind == "env":
         return None if name in src.env_vars() else f"{at}: vllm.envs does not read {name}"
-    if kind == "entry-point group":
+    if kind in ("entry-point group", "logger"):
         modules = {where, *src.imported_modules(where)}
         return None if any(name in _strings(src.tree(m)) for m in modules if src.tree(m)) \
-            else f"{at}: {where} does not load the entry-point group {name}"
+            else f"{at}: {where} does not name the {kind} {name}"
     if kind == "choice":
         module, literal = where.rsplit(".", 1)
         found = src.find(module, literal)

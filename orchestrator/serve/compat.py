@@ -269,8 +269,9 @@ class Need:
       method, attribute             `name` is "Class.member", the class in module `where`
       flag                          `name` is a flag of a parser: `where` is one of PARSERS
       env                           `name` is a variable vLLM reads (`where`: vllm.envs)
-      entry-point group             `name` is the group vLLM loads plugins from, a string
-                                    in module `where` (or a module it imports from)
+      entry-point group, logger     `name` is the group vLLM loads plugins from, or the
+                                    logger it configures: a string in module `where` (or a
+                                    module it imports from)
       choice                        `name` is a value of the Literal `where` (module.Name)
       route, request field          an HTTP path / "Request.field" anywhere in package `where`
     """
@@ -362,6 +363,7 @@ NEEDS: tuple[Need, ...] = (
          "simulation: pyproject's platform plugin (orchestrator/sim/platform/plugin.py)"),
     Need("entry-point group", "vllm.general_plugins", "vllm.plugins",
          "serve: the SIGTERM drain under Ray (orchestrator/serve/vllm_plugin.py)"),
+    Need("logger", "vllm", "vllm.logger", "logs: vLLM's records into --log-dir too (ops/observation/logs.py)"),
     *_table("env", "vllm.envs", (
         ("VLLM_HOST_IP", "net: the communication plan sets it on each node"),
         ("VLLM_WORKER_MULTIPROC_METHOD", "serve: spawn, not fork, under a Ray driver"),

@@ -62,7 +62,8 @@ WRONG = [
     ("0.33.0", Need("flag", "--port", compat.ENGINE, "-"), "has no --port"),  # a server flag, not the engine's
     ("0.10.2", Need("class", "run_server", "vllm.entrypoints.openai.api_server", "-"), "is not a class"),
     ("0.33.0", Need("env", "VLLM_NO_SUCH_VARIABLE", "vllm.envs", "-"), "does not read"),
-    ("0.33.0", Need("entry-point group", "vllm.no_such_plugins", "vllm.platforms", "-"), "does not load"),
+    ("0.33.0", Need("entry-point group", "vllm.no_such_plugins", "vllm.platforms", "-"), "does not name"),
+    ("0.10.2", Need("logger", "spark_vllm", "vllm.logger", "-"), "does not name the logger"),
     ("0.33.0", Need("choice", "mpi", "vllm.config.parallel.DistributedExecutorBackend", "-"), "does not allow"),
     ("0.33.0", Need("attribute", "CpuPlatform.no_such_key", "vllm.platforms.cpu", "-"), "has no no_such_key"),
     ("0.33.0", Need("route", "/no-such-route", "vllm.entrypoints", "-"), "no route"),
