@@ -79,8 +79,16 @@ def fetch(version: str, cache_dir: Path = CACHE, index: str = INDEX) -> Path:
                 for m in wanted:  # strip the sdist's top folder (vllm-X/)
                     m.name = m.name.split("/", 1)[1]
                 tar.extractall(tmp, members=wanted, filter="data")
-        shutil.rmtree(root, ignore_errors=True)
-        tmp.rename(root)  # whole or not at all: a killed run leaves only a .vllm-* folder
+        # Whole or not at all: a killed run leaves only a .vllm-* folder. Another test
+        # run may have finished the same release meanwhile: then its copy stays.
+        tmp.chmod(0o755)  # mkdtemp's 0700 otherwise
+        if not (root / "vllm" / "__init__.py").exists():
+            shutil.rmtree(root, ignore_errors=True)
+            try:
+                tmp.rename(root)
+            except OSError:
+                if not (root / "vllm" / "__init__.py").exists():
+                    raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return root
