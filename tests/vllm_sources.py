@@ -300,8 +300,6 @@ def check(src: Source, need: Need) -> str | None:
     """None if `need` is where compat expects it in `src`, else why not (one line)."""
     kind, name, where = need.kind, need.name, need.where
     at = f"vLLM {src.version}"
-    if kind == "module":
-        return None if src.path(name) else f"{at}: no module {name}"
     if kind in ("function", "coroutine", "class"):
         if src.path(where) is None:
             return f"{at}: no module {where} (for {name})"

@@ -264,10 +264,9 @@ class Need:
     """One thing spark-vllm relies on, where vLLM keeps it, and from which release.
 
     kind and where:
-      module                        `name` is a dotted module (`where` unused)
       function, coroutine, class    `name` defined in (or re-exported by) module `where`
       method, attribute             `name` is "Class.member", the class in module `where`
-      flag                          `name` is a flag of a parser: `where` is one of PARSERS
+      flag                          `name` is a flag of a parser: `where` is SERVE, ENGINE or BENCH
       env                           `name` is a variable vLLM reads (`where`: vllm.envs)
       entry-point group, logger     `name` is the group vLLM loads plugins from, or the
                                     logger it configures: a string in module `where` (or a
