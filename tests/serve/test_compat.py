@@ -16,10 +16,11 @@ from orchestrator.errors import ServeError
 @pytest.mark.parametrize(
     "text, expected",
     [
-        ("0.32.0", (0, 32)),
-        ("0.11.0+cu130", (0, 11)),
-        ("0.10.2rc3.dev12+g1234abc", (0, 10)),
-        ("v1.2", (1, 2)),
+        ("0.32.0", (0, 32, 0)),
+        ("0.11.0+cu130", (0, 11, 0)),
+        ("0.11.1", (0, 11, 1)),
+        ("0.10.2rc3.dev12+g1234abc", (0, 10, 2)),
+        ("v1.2", (1, 2, 0)),
         ("", None),
         (None, None),
         ("nightly", None),
@@ -47,6 +48,7 @@ OLD_PARSER = "vllm.utils"
         ("0.29.0", OPENAI_RUN, OPENAI_CLI, NEW_PARSER),  # unseen: nearest older
         ("0.27.3", OPENAI_RUN, OPENAI_CLI, NEW_PARSER),
         ("0.24.0", OPENAI_RUN, OPENAI_CLI, NEW_PARSER),
+        ("0.11.1", OPENAI_RUN, OPENAI_CLI, NEW_PARSER),  # NGC 26.01: argparse_utils already
         ("0.11.0+cu130", OPENAI_RUN, OPENAI_CLI, OLD_PARSER),  # NGC 25.11
         ("1.0.0", LAUNCHERS_RUN, COMMON_CLI, NEW_PARSER),
         (None, LAUNCHERS_RUN, COMMON_CLI, NEW_PARSER),  # unknown: newest first
@@ -180,3 +182,82 @@ def test_load_parser_class_takes_the_versions_own_module_first():
     assert load_parser_class("0.32.0", import_module=fake_import) is Parser
     assert seen == ["vllm.utils.argparse_utils"]
     assert load_parser_class("0.11.0", import_module=lambda p: type("M", (), {"FlexibleArgumentParser": Parser})) is Parser
+
+
+# --- what spark-vllm relies on (NEEDS); tests/serve/test_vllm_sources.py holds it against
+# each release's source ------------------------------------------------------------------
+def test_needs_follow_the_version():
+    kept = {(n.kind, n.name, n.where) for n in compat.needs_for("0.10.2")}
+    assert ("class", "FlexibleArgumentParser", OLD_PARSER) in kept
+    assert ("flag", "--shutdown-timeout", compat.SERVE) not in kept
+    newest = {(n.kind, n.name, n.where) for n in compat.needs_for("0.33.0")}
+    assert ("function", "make_arg_parser", COMMON_CLI) in newest
+    assert ("function", "make_arg_parser", LAUNCHERS_CLI) not in newest
+    assert compat.needs_for(None) == compat.needs_for("99.0.0")
+
+
+def test_the_layout_needs_are_the_layouts():
+    """Each LAYOUTS module appears in NEEDS for exactly its range of releases."""
+    for version in ("0.10.2", "0.11.1", "0.27.1", "0.31.0", "0.33.0"):
+        layout = compat.layout_for(compat.parse_version(version))
+        where = {n.name: n.where for n in compat.needs_for(version) if n.kind in ("coroutine", "function", "class")
+                 and n.name in ("run_server", "make_arg_parser", "FlexibleArgumentParser")}
+        assert where == {"run_server": layout.run_server, "make_arg_parser": layout.cli_args,
+                         "FlexibleArgumentParser": layout.parser}
+        assert compat.candidates_for(version).cli_args[0] == layout.cli_args
+
+
+@pytest.mark.parametrize("version, kept", [
+    ("0.10.2", ["--seed", "0", "--disable-tqdm"]),
+    ("0.11.0+cu130", ["--seed", "0", "--disable-tqdm"]),
+    ("0.11.1", ["--num-warmups", "4", "--seed", "0", "--num-warmups=2", "--disable-tqdm"]),
+    (None, ["--num-warmups", "4", "--seed", "0", "--num-warmups=2", "--disable-tqdm"]),
+])
+def test_drop_absent_flags(version, kept):
+    argv = ["--num-warmups", "4", "--seed", "0", "--num-warmups=2", "--disable-tqdm"]
+    assert compat.drop_absent_flags(argv, compat.BENCH, version) == kept
+
+
+def _vllm_imports():
+    """(module, name) of every static vLLM import in the product and the simulation."""
+    import ast
+
+    from conftest import REPO
+
+    found = set()
+    for path in [*(REPO / "orchestrator").rglob("*.py"), *(REPO / "launch").rglob("*.py")]:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and not node.level and (node.module or "").split(".")[0] == "vllm":
+                found |= {(node.module, a.name) for a in node.names}
+            elif isinstance(node, ast.Import):
+                found |= {(a.name, "") for a in node.names if a.name.split(".")[0] == "vllm"}
+    return found
+
+
+def test_every_vllm_import_in_the_code_is_a_need():
+    needs = {(n.where, n.name) for n in compat.NEEDS}
+    modules = {n.where for n in compat.NEEDS}
+    imports = _vllm_imports()
+    assert len(imports) >= 5  # the scan sees them
+    missing = [f"{m}.{n}" for m, n in imports if (m, n) not in needs and f"{m}.{n}" not in modules]
+    assert not missing, f"add these to compat.NEEDS: {missing}"
+
+
+def test_every_flag_spark_vllm_passes_is_a_need():
+    from orchestrator.models.matrix import load_matrix
+    from orchestrator.ops.observation.bench import BenchRequest, client_argv
+    from orchestrator.serve.engine import FILLED
+    from orchestrator.sim.demo.greedy import EXACT_FLAGS
+    from orchestrator.sim.demo.run import GPU_VLLM_FLAGS, SIM_VLLM_FLAGS
+
+    engine_flags = [*SIM_VLLM_FLAGS, *GPU_VLLM_FLAGS, *EXACT_FLAGS]
+    passed = {
+        compat.SERVE: [*engine_flags, *(f for m in load_matrix().models for f in m.preset),
+                       *("--" + d.replace("_", "-") for d in FILLED), "--served-model-name", "--port", "--model"],
+        compat.ENGINE: engine_flags,
+        compat.BENCH: client_argv(BenchRequest("http://x:8000", "m"), 4),
+    }
+    for parser, argv in passed.items():
+        known = {n.name for n in compat.NEEDS if n.kind == "flag" and n.where == parser}
+        flags = {a.split("=")[0] for a in argv if a.startswith("--")}
+        assert flags and not flags - known, f"{parser}: add to compat.NEEDS: {sorted(flags - known)}"

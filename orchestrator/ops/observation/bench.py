@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass
 from typing import Callable
 
 from ...errors import BenchFailed, UsageError
-from ...serve.compat import load_parser_class
+from ...serve.compat import BENCH, drop_absent_flags, load_parser_class, vllm_version
 
 # The client's metrics kept, as (our name, vLLM's key): p50 and p99 of each latency.
 LATENCIES = (("ttft", "ttft"), ("tpot", "tpot"), ("itl", "itl"))
@@ -99,7 +99,7 @@ def run_level(req: BenchRequest, concurrency: int) -> LevelResult:
 
     parser = load_parser_class()(prog="vllm bench serve")
     vllm_bench.add_cli_args(parser)
-    args = parser.parse_args(client_argv(req, concurrency))
+    args = parser.parse_args(drop_absent_flags(client_argv(req, concurrency), BENCH, vllm_version()))
     chatter = io.StringIO()
     try:
         with contextlib.redirect_stdout(chatter):
