@@ -22,6 +22,7 @@ from .. import errors
 from ..cluster.nodes import ClusterState, NodeInfo
 from .hub import HubAccess, cached_bytes, fetch_here
 from .mirror import SnapshotServer, copy_from_head
+from .recipes.verify import compare, copy_here, record
 from .memory import fmt
 
 PROGRESS_EVERY = 1.0  # seconds between a node's progress reports
@@ -47,7 +48,7 @@ def raise_value(report: dict, node: str) -> None:
         raise kind(f"on {node}: {report['message']}", report["hint"])
 
 
-def fetch_task(repo_id: str, node_ip: str, board) -> dict:
+def fetch_task(repo_id: str, node_ip: str, board, revision: str | None = None) -> dict:
     """What runs on each node: fetch_here, with its cache's size reported to `board`."""
     access = HubAccess.from_env(os.environ)
     done = threading.Event()
@@ -60,7 +61,8 @@ def fetch_task(repo_id: str, node_ip: str, board) -> dict:
         threading.Thread(target=loop, daemon=True).start()
 
     try:
-        report = fetch_here(repo_id, access, node_ip, on_plan=watch)
+        report = fetch_here(repo_id, access, node_ip, on_plan=watch, revision=revision)
+        record(report["folder"])  # the manifest an offline start checks the copy against
         board.report.remote(node_ip, report["total_bytes"], report["total_bytes"])
         return report
     except errors.SparkVllmError as exc:
@@ -84,6 +86,7 @@ def copy_task(manifest: dict, repo_id: str, node_ip: str, board) -> dict:
 
     try:
         report = copy_from_head(manifest, repo_id, node_ip, on_bytes)
+        record(report["folder"])
         board.report.remote(node_ip, total, total)
         return report
     except errors.SparkVllmError as exc:
@@ -119,6 +122,7 @@ class Prefetch:
     on_progress: Callable[[str], None]
     interval: float = 5.0
     via_head: bool = True  # one Hub download (the head's), copies over the fabric for the others
+    revision: str | None = None  # a pinned commit (a recipe's lock), else `main`
 
     def __post_init__(self) -> None:
         self.refs: dict[str, object] = {}
@@ -136,7 +140,7 @@ class Prefetch:
                 self.board = ray.remote(num_cpus=0)(ProgressBoard).remote()
             head = next((n for n in nodes if n.head), None)
             if self.via_head and self.manifest is None and head is not None:
-                self.refs[head.ip] = on_node(fetch_task, head, self.repo_id, head.ip, self.board)
+                self.refs[head.ip] = on_node(fetch_task, head, self.repo_id, head.ip, self.board, self.revision)
                 self.server = ray.remote(num_cpus=0)(SnapshotServer).options(
                     scheduling_strategy=NodeAffinitySchedulingStrategy(head.node_id, soft=False),
                 ).remote(self.repo_id, head.ip, self.refs[head.ip])
@@ -147,7 +151,7 @@ class Prefetch:
                 if self.manifest is not None:
                     self.refs[n.ip] = on_node(copy_task, n, self.manifest, self.repo_id, n.ip, self.board)
                 else:  # each from the Hub: asked for, or no head among the GPU nodes to copy from
-                    self.refs[n.ip] = on_node(fetch_task, n, self.repo_id, n.ip, self.board)
+                    self.refs[n.ip] = on_node(fetch_task, n, self.repo_id, n.ip, self.board, self.revision)
 
     def close(self) -> None:
         import ray
@@ -200,3 +204,26 @@ class Prefetch:
                                           + ", ".join(sorted(pending)), "check the network, or pass --no-prefetch")
                 self.on_progress(describe_progress(ray.get(self.board.read.remote())))
         return reports
+
+
+def check_copies(state: ClusterState, model: str, revision: str | None, local: bool, verify_hashes: bool,
+                 timeout: float) -> dict[str, dict]:
+    """Every GPU node reads its copy of the model (recipes/verify.py) at once; the head
+    holds them to its own. CopyNotVerified names each problem; else the reports."""
+    import ray
+
+    refs = {n.ip: on_node(copy_here, n, model, revision, local, verify_hashes, n.ip) for n in state.gpu_nodes}
+    try:
+        reports = dict(zip(refs, ray.get(list(refs.values()), timeout=timeout)))
+    except Exception as exc:
+        raise errors.CopyNotVerified(f"could not read the copies of {model} on every node: {exc}",
+                                     "check `spark-vllm status`") from None
+    head = next((n.ip for n in state.gpu_nodes if n.head), next(iter(reports)))
+    problems = compare(reports, head)
+    if problems:
+        more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
+        raise errors.CopyNotVerified(f"the copies of {model} are not complete and identical on every node: "
+                                     + "; ".join(problems[:3]) + more,
+                                     "fetch it again online (spark-vllm download), or fix the files' owner "
+                                     "and mode; nothing was started")
+    return reports

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Callable
 
 from ..errors import HubError
-from .hub import HubAccess, cached_snapshot, repo_cache_dir, require_disk
+from .hub import HubAccess, cached_snapshot, repo_cache_dir, require_disk, write_main_once
 
 CHUNK = 4 << 20
 SHA256 = re.compile(r"[0-9a-f]{64}")
@@ -59,7 +59,8 @@ class SnapshotServer:
         if self.error:
             return
         access = HubAccess.from_env(os.environ)
-        snapshot = cached_snapshot(repo_id, access)
+        # the folder the head's fetch reported (a pinned commit's), else the cache's `main`
+        snapshot = Path(head_report["folder"]) if head_report.get("folder") else cached_snapshot(repo_id, access)
         if snapshot is None:
             self.error = {"error": "HubError", "message": f"the head has no snapshot of {repo_id} to share",
                           "hint": "run spark-vllm download on the head"}
@@ -71,7 +72,7 @@ class SnapshotServer:
         self.server.daemon_threads = True
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
         self.manifest_value = {"url": f"http://{bind_ip}:{self.server.server_address[1]}", "commit": snapshot.name,
-                               "files": self.files}
+                               "files": self.files, "pinned": bool(head_report.get("pinned"))}
 
     def manifest(self) -> dict:
         return self.error or self.manifest_value
@@ -155,7 +156,10 @@ def copy_from_head(manifest: dict, repo_id: str, node: str, on_bytes: Callable[[
         link.parent.mkdir(parents=True, exist_ok=True)
         if not link.exists():
             link.symlink_to(os.path.relpath(blobs / f["blob"], link.parent))
-    (base / "refs").mkdir(exist_ok=True)
-    (base / "refs" / "main").write_text(manifest["commit"])
+    if manifest.get("pinned"):  # found by vLLM's --revision: a `main` already there stays
+        write_main_once(base, manifest["commit"])
+    else:
+        (base / "refs").mkdir(exist_ok=True)
+        (base / "refs" / "main").write_text(manifest["commit"])
     return {"node": node, "folder": str(snapshot), "commit": manifest["commit"], "total_bytes": total,
             "downloaded_bytes": moved, "source": "head"}
