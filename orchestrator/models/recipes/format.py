@@ -135,14 +135,14 @@ def parse_recipe(text: str, source: str = "<recipe>") -> Recipe:
     )
 
 
-def template_fields(command: str) -> set[str]:
+def template_fields(command: str, source: str = "<recipe>") -> set[str]:
     """The {param} names a template uses (`{{` and `}}` are no fields)."""
     try:
         return {name.split(".")[0].split("[")[0] for _, name, _, _ in string.Formatter().parse(command)
                 if name is not None}
     except ValueError as exc:
-        raise RecipeError(f"the command template is malformed: {exc}",
-                          "write literal braces as {{ and }}") from None
+        raise _bad(source, f"the command template cannot be filled: {exc}",
+                   "write literal braces as {{ and }}") from None
 
 
 def resolve(recipe: Recipe, overrides: Mapping[str, Any] | None = None,
@@ -153,7 +153,7 @@ def resolve(recipe: Recipe, overrides: Mapping[str, Any] | None = None,
     params = {**recipe.defaults, **given}
     if recipe.model:
         params.setdefault("model", recipe.model)
-    used = template_fields(recipe.command)
+    used = template_fields(recipe.command, recipe.source)
     unknown = sorted(used - set(params))
     if unknown:
         raise _bad(recipe.source, "the command uses " + ", ".join("{" + u + "}" for u in unknown)
