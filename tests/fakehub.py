@@ -82,7 +82,8 @@ class Handler(BaseHTTPRequestHandler):
         with self.hub.lock:
             self.hub.requests.append((self.command, path))
         if path == "/_stats":  # for the tests: how many bytes of files were served
-            return self.send(200, json.dumps({"file_bytes": self.hub.file_bytes}).encode())
+            asked = sum(1 for _, p in self.hub.requests if p != "/_stats")  # every request but these
+            return self.send(200, json.dumps({"file_bytes": self.hub.file_bytes, "requests": asked}).encode())
         auth = self.headers.get("Authorization", "")
         token = auth.removeprefix("Bearer ").strip() if auth else None
         if token and token != GOOD_TOKEN:
