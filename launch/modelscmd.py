@@ -124,9 +124,10 @@ def prefetching(found: source.ModelSource, args: argparse.Namespace, want: int):
     with --offline or --verify-hashes, checks every node's copy against the head's."""
     stop = threading.Event()
     pf = None
-    if found.repo is not None and not args.no_prefetch:
-        pf = Prefetch(found.model, on_progress=lambda line: log.info("fetching %s: %s", found.model, line),
-                      revision=found.revision)
+    if not args.no_prefetch and (found.repo is not None or want > 1):  # a local folder: to the nodes lacking it
+        model = found.model if found.repo is not None else str(found.folder.resolve())
+        pf = Prefetch(model, on_progress=lambda line: log.info("fetching %s: %s", model, line),
+                      revision=found.revision, local=found.repo is None)
         thread = pf.follow_joins(want, stop)
 
     def finish(state):

@@ -118,3 +118,28 @@ def test_a_pinned_commit_is_fetched_copied_and_recorded_by_commit(hub, tmp_path,
     # offline, the pinned commit alone is found in the cache
     offline = HubAccess(offline=True, cache_dir=str(tmp_path / "worker" / "hub"))
     assert fetch_here("tiny/llama", offline, "worker", revision=commit)["folder"].endswith(commit)
+
+
+def test_a_local_model_folder_is_copied_to_a_node_that_lacks_it(tmp_path):
+    """MODEL given as a folder on the head: a node without it (here: another path) gets
+    every file, checksummed; with all files at the head's sizes nothing moves and nothing
+    is hashed on the head."""
+    from orchestrator.models.mirror import FolderServer, copy_folder_from_head
+
+    source = make_tiny_model(tmp_path / "head" / "tiny")
+    (source / "sub").mkdir()
+    (source / "sub" / "extra.json").write_text("{}")
+    server = FolderServer(str(source), "127.0.0.1")
+    target = tmp_path / "worker" / "tiny"
+    try:
+        report = copy_folder_from_head(str(target), server.listing(), server.manifest, "worker")
+        assert report["downloaded_bytes"] == report["total_bytes"] > 0
+        for path in server.listing():
+            assert (target / path).read_bytes() == (source / path).read_bytes()
+        fresh = FolderServer(str(source), "127.0.0.1")  # a new serve: its manifest is never asked for
+        again = copy_folder_from_head(str(target), fresh.listing(), lambda: pytest.fail("hashed"), "worker")
+        assert again["downloaded_bytes"] == 0 and fresh.value is None
+        (target / "sub" / "extra.json").unlink()
+        assert copy_folder_from_head(str(target), server.listing(), server.manifest, "worker")["downloaded_bytes"] == 2
+    finally:
+        server.close()
