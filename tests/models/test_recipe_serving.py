@@ -20,6 +20,7 @@ from pathlib import Path
 import psutil
 import pytest
 
+import fakehub
 from conftest import PREFIX, REPO, clean_env, ns_http
 from orchestrator.sim.namespaces import netns
 from orchestrator.sim.models.tinymodel import make_tiny_model
@@ -38,29 +39,13 @@ def sparks(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("recipe")
     shutil.copytree(make_tiny_model(tmp / "tiny"), tmp / "hub" / REPO_ID.replace("/", "--"))
     (tmp / "tiny.yaml").write_text(RECIPE)
-    with netns.SimNetwork(nodes=2, prefix=PREFIX) as net:
-        head, worker = net.nodes
-        hub = head.popen(sys.executable, str(REPO / "tests" / "fakehub.py"), str(tmp / "hub"), head.ip,
-                         str(HUB_PORT), stdout=subprocess.PIPE, text=True)
-        assert hub.stdout.readline().startswith("fakehub on"), "the fake Hub did not start"
-        envs = [clean_env(HF_ENDPOINT=f"http://{head.ip}:{HUB_PORT}", HF_HOME=str(tmp / f"hf{i}"),
-                          SPARK_VLLM_RUN_DIR=str(tmp / f"run{i}"), HF_HUB_DISABLE_PROGRESS_BARS="1")
-                for i in range(2)]
-        for env in envs:
-            for var in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_HUB_OFFLINE"):
-                env.pop(var, None)
-        try:
-            yield net, envs, tmp
-        finally:
-            hub.terminate()
-            hub.wait(10)
+    with netns.SimNetwork(nodes=2, prefix=PREFIX) as net, \
+            fakehub.in_node(net.nodes[0], tmp / "hub", HUB_PORT, tmp, clean_env) as envs:
+        yield net, envs, tmp
 
 
 def hub_stats(head) -> dict:
-    out = head.run(sys.executable, "-c", "import urllib.request, sys; sys.stdout.write(urllib.request.urlopen("
-                   f"'http://{head.ip}:{HUB_PORT}/_stats').read().decode())", capture_output=True, text=True,
-                   timeout=30)
-    return json.loads(out.stdout)
+    return fakehub.stats(head, HUB_PORT)
 
 
 def cli(node, env, *args, timeout=120) -> subprocess.CompletedProcess:
