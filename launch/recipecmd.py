@@ -14,7 +14,7 @@ from orchestrator.cluster.versions import local_report
 from orchestrator.errors import BadServeFlags, LockDrift, OfflineNotCached, CopyNotVerified, UsageError
 from orchestrator.models.matrix import load_matrix
 from orchestrator.models.recipes import format as recipe_format
-from orchestrator.models.recipes.lock import IMAGE_VAR, drift, lock_path, make_lock, parse_lock
+from orchestrator.models.recipes.lock import drift, lock_path, make_lock, parse_lock
 from orchestrator.serve import engine
 from orchestrator.settings import Settings
 
@@ -117,7 +117,7 @@ def run_lock(args: argparse.Namespace, settings: Settings) -> int:
     resolved = load(args.file, args)
     local = engine.looks_like_path(resolved.model)
     revision = None if local else source.locate(resolved.model, False, HubAccess.from_env(os.environ)).repo.commit
-    lock = make_lock(resolved.recipe.name, resolved.model, revision, local_report(), os.environ.get(IMAGE_VAR))
+    lock = make_lock(resolved.recipe.name, resolved.model, revision, local_report(), settings.image_digest)
     path = lock_path(args.file)
     path.write_text(lock.to_text())
     if args.json:
@@ -158,7 +158,7 @@ def apply_recipe(args: argparse.Namespace, settings: Settings) -> None:
         lock = read_lock(args.recipe)
         if lock is not None:
             args.revision = lock.revision
-            hold_to_lock(args, drift(lock, resolved.model, lock.revision, local_report(), os.environ.get(IMAGE_VAR)))
+            hold_to_lock(args, drift(lock, resolved.model, lock.revision, local_report(), settings.image_digest))
     os.environ.update(env)
     args.job_env = env
 

@@ -1,5 +1,6 @@
 """A recipe's lock, `FILE.lock` beside it: the model revision (a commit hash) and the
-versions that ran it (vLLM, Ray, torch, NCCL, and the image digest in a container).
+versions that ran it (vLLM, Ray, torch, NCCL, and the image digest in a container:
+SPARK_VLLM_IMAGE_DIGEST, set by whoever starts it, as the digest cannot be read inside).
 
 Pure: the lock is a value, written and read as JSON; `drift` compares it with what
 would run now and names every difference.
@@ -16,8 +17,6 @@ from ...errors import RecipeError
 
 LOCK_VERSION = 1
 PINNED = ("vllm", "ray", "torch", "nccl")  # of versions.local_report()
-# Set by whoever starts the container (the image digest cannot be read from inside).
-IMAGE_VAR = "SPARK_VLLM_IMAGE_DIGEST"
 
 
 @dataclass(frozen=True)
