@@ -99,11 +99,12 @@ class FolderServer:
 
     def listing(self) -> dict[str, int]:
         return {str(p.relative_to(self.folder)): p.stat().st_size for p in sorted(self.folder.rglob("*"))
-                if p.is_file() and p.name != self.SKIP}
+                if p.is_file() and not p.name.startswith(self.SKIP)}
 
     def manifest(self) -> dict:
         if self.value is None:
-            files = [{**f, "blob": f["path"]} for f in manifest_of(self.folder) if f["path"] != self.SKIP]
+            files = [{**f, "blob": f["path"]} for f in manifest_of(self.folder)
+                     if not Path(f["path"]).name.startswith(self.SKIP)]
             self.server, url = serve_files({f["blob"]: self.folder / f["path"] for f in files}, self.bind_ip)
             self.value = {"url": url, "folder": str(self.folder), "files": files}
         return self.value

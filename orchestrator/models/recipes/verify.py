@@ -40,7 +40,7 @@ def write_manifest(folder: Path, files: dict[str, dict]) -> None:
     path = manifest_path(folder)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
+        tmp = path.with_name(f"{path.name}.{os.getpid()}")  # (two nodes may share a folder)
         tmp.write_text(json.dumps({"files": [files[p] for p in sorted(files)]}, indent=1))
         os.replace(tmp, path)
     except OSError:
@@ -55,7 +55,7 @@ def read_copy(folder: Path, verify_hashes: bool = False) -> dict:
     keep = dict(recorded)  # the manifest written back: a file found bad keeps its old entry
     for path in sorted(folder.rglob("*")):
         rel = str(path.relative_to(folder))
-        if rel == LOCAL_MANIFEST or path.is_dir():
+        if path.name.startswith(LOCAL_MANIFEST) or path.is_dir():
             continue
         if path.is_symlink() and not path.exists():
             problems.append(f"{rel} is a broken symlink")
@@ -97,7 +97,7 @@ def record(folder: str | Path) -> None:
     folder = Path(folder)
     recorded = read_manifest(folder)
     files = dict(recorded)
-    for path in sorted(p for p in folder.rglob("*") if p.is_file() and p.name != LOCAL_MANIFEST):
+    for path in sorted(p for p in folder.rglob("*") if p.is_file() and not p.name.startswith(LOCAL_MANIFEST)):
         rel, st, blob = str(path.relative_to(folder)), path.stat(), path.resolve().name
         if rel in recorded:
             continue
