@@ -160,7 +160,7 @@ def test_a_locked_recipe_serves_offline_with_its_env_on_the_worker(sparks):
         got = ns_http(worker, f"http://{head.ip}:{PORT}/v1/models")
         assert got["status"] == 200 and [m["id"] for m in json.loads(got["body"])["data"]] == ["tiny"]
         done = ns_http(worker, f"http://{head.ip}:{PORT}/v1/completions",
-                       {"model": "tiny", "prompt": "Hello", "max_tokens": 4})
+                       {"model": "tiny", "prompt": "Hello", "max_tokens": 4}, timeout=120)  # a busy 2-core machine
         assert done["status"] == 200, done
         # the recipe's env in vLLM's process on the worker Spark, not in its raylet
         envs_seen = {}
