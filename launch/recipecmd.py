@@ -53,7 +53,8 @@ def register(sub, settings: Settings) -> None:
     show = actions.add_parser("show", help="what `serve --recipe FILE` would run: model, flags, env, nodes")
     show.add_argument("file")
     add_overrides(show)
-    show.add_argument("--nodes", type=int, default=2, help="the --nodes serve would get (default 2)")
+    show.add_argument("--nodes", type=int, default=None,
+                      help="check cluster_only/solo_only against the --nodes serve would get")
     add_json(show)
     show.set_defaults(func=run_show, accepts_extra=True)
     export = actions.add_parser("export", help="a known model's preset (spark-vllm models) as a recipe, on stdout")
@@ -80,7 +81,8 @@ def load(path: str, args: argparse.Namespace) -> recipe_format.Resolved:
 
 def run_show(args: argparse.Namespace, settings: Settings) -> int:
     resolved = load(args.file, args)
-    recipe_format.check_nodes(resolved, args.nodes)
+    if args.nodes is not None:
+        recipe_format.check_nodes(resolved, args.nodes)
     lock = read_lock(args.file)
     out = {**resolved.to_json(), "lock": None if lock is None else {"file": str(lock_path(args.file)),
                                                                     "revision": lock.revision,

@@ -284,6 +284,13 @@ def test_recipe_show_json_reports_what_the_template_says():
     assert got["nodes"] == "2 or more (cluster_only)" and got["lock"] is None
 
 
+def test_recipe_show_checks_the_nodes_only_when_given():
+    solo = str(RECIPES / "escaping.yaml")
+    assert cli("recipe", "show", solo).returncode == 0
+    out = cli("recipe", "show", solo, "--nodes", "2")
+    assert out.returncode == 2 and "qwen3-escaping is solo_only but --nodes is 2" in one_error(out)
+
+
 def test_serve_of_a_cluster_only_recipe_on_one_node_stops_before_anything(tmp_path):
     out = cli("serve", "--recipe", str(RECIPES / "tiny.yaml"), "--nodes", "1", "--simulate", cwd=tmp_path)
     assert out.returncode == 2
