@@ -307,3 +307,26 @@ def test_export_writes_a_recipe_serve_reads(tmp_path):
     assert got["model"] == "nvidia/Phi-4-multimodal-instruct-FP8"
     assert got["flags"] == ["--host", "0.0.0.0", "--port", "8000", "--trust-remote-code"]
     assert cli("recipe", "export", "nobody/nothing").returncode == 2
+
+
+def test_offline_without_the_heads_copy_is_exit_21(tmp_path, monkeypatch):
+    from launch.exitcodes import exit_code_for
+    from orchestrator.errors import CopyNotVerified, LockDrift, OfflineNotCached
+
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    args = argparse.Namespace(revision="c" * 40, offline=True, allow_drift=False, recipe="r.yaml")
+    with pytest.raises(CopyNotVerified, match="the head holds no copy: tiny/llama at cccccccccccc") as exc:
+        recipecmd.model_source("tiny/llama", args)
+    assert exit_code_for(exc.value) == 21
+    with pytest.raises(OfflineNotCached):  # without --offline (HF_HUB_OFFLINE set by hand): as before
+        recipecmd.model_source("tiny/llama", argparse.Namespace(**{**vars(args), "offline": False}))
+    # without a lock, offline: the commit `main` names in this node's cache
+    snap = tmp_path / "hf" / "hub" / "models--tiny--llama" / "snapshots" / ("d" * 40)
+    snap.mkdir(parents=True)
+    (snap / "config.json").write_text("{}")
+    (snap.parent.parent / "refs").mkdir()
+    (snap.parent.parent / "refs" / "main").write_text("d" * 40)
+    args.revision = None
+    assert recipecmd.model_source("tiny/llama", args).repo.commit == "d" * 40
+    assert exit_code_for(LockDrift("x")) == 20
