@@ -17,12 +17,13 @@ from orchestrator.ops.observation import logs
 from orchestrator.settings import Settings
 
 from . import (benchcmd, clustercmd, containercmd, democmd, doctorcmd, fabriccmd, healthcmd, modelscmd, netcmd,
-               servecmd)
+               recipecmd, servecmd)
 from .exitcodes import exit_code_for
 
 log = logging.getLogger("spark_vllm")
 
-COMMANDS = (netcmd, clustercmd, servecmd, democmd, modelscmd, doctorcmd, benchcmd, fabriccmd, containercmd, healthcmd)
+COMMANDS = (netcmd, clustercmd, servecmd, democmd, modelscmd, doctorcmd, benchcmd, fabriccmd, containercmd, healthcmd,
+            recipecmd)
 
 
 class Parser(argparse.ArgumentParser):
@@ -72,7 +73,10 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     settings = Settings.from_env(os.environ)
     parser = build_parser(settings)
-    args, extra = parser.parse_known_args(argv)
+    # After `--`, vLLM's flags as they are: argparse would take the first for a MODEL.
+    tail = argv[argv.index("--") + 1:] if "--" in argv else []
+    args, extra = parser.parse_known_args(argv[:len(argv) - len(tail) - 1] if "--" in argv else argv)
+    extra += tail
     if extra and not getattr(args, "accepts_extra", False):
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     args.extra = extra

@@ -101,6 +101,7 @@ def node_request(args: argparse.Namespace) -> NodeRequest:
             node_ip="", head_ip="", port=args.ray_port, num_gpus=args.num_gpus, num_cpus=args.num_cpus,
             dashboard_host=args.dashboard_host, nodes=args.nodes, wait_timeout=args.wait_timeout,
             join_timeout=args.join_timeout, allow_version_skew=args.allow_version_skew,
+            job_env=tuple(sorted(getattr(args, "job_env", {}).items())),
         ),
     )
 
@@ -169,7 +170,7 @@ def form_cluster(plan: NodePlan, node, address: str) -> ClusterState:
     """On the head: connect, wait for the nodes, check versions. `node` is None when
     attached to a cluster this process did not start."""
     c = plan.cluster
-    ray_node.connect_driver(address, c.node_ip)
+    ray_node.connect_driver(address, c.node_ip, env=c.job_env)
     log.info("waiting for %d GPU node(s) (up to %g s)", c.nodes, c.wait_timeout)
     state = membership.wait_for_nodes(c.nodes, c.wait_timeout, alive=node.dead_processes if node else list)
     versions.check_versions(state, c.allow_version_skew)

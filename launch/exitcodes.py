@@ -9,6 +9,8 @@ EXIT_CODES: list[tuple[type[BaseException], int]] = [
     (errors.Stopped, 0),
     (errors.BadServeFlags, 2),
     (errors.UsageError, 2),
+    (errors.LockDrift, 20),
+    (errors.CopyNotVerified, 21),
     (errors.DiscoveryError, 3),
     (errors.HeadUnreachable, 4),
     (errors.WrongSubnet, 4),

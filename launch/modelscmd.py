@@ -12,7 +12,7 @@ import threading
 from orchestrator.cluster import ray_node
 from orchestrator.errors import ClusterError, DiscoveryError
 from orchestrator.models import memory, source
-from orchestrator.models.fetch import Prefetch
+from orchestrator.models.fetch import Prefetch, check_copies
 from orchestrator.models.hub import HubAccess, fetch_here
 from orchestrator.models.matrix import load_matrix
 from orchestrator.models.presets import plan_preset, with_preset
@@ -96,7 +96,7 @@ def add_model_options(p: argparse.ArgumentParser, settings: Settings) -> None:
 def serve_flags(api, model: str, args: argparse.Namespace) -> list[str]:
     """The user's flags, after the preset's for a known model (each unless the user set it)."""
     entry = load_matrix().find(model)
-    if entry is None or not entry.preset:
+    if entry is None or not entry.preset or getattr(args, "resolved", None):  # a recipe runs as it is
         return list(args.extra)
     if args.no_preset:
         log.info("--no-preset: leaving out %s's preset (%s)", model, " ".join(entry.preset))
@@ -107,9 +107,10 @@ def serve_flags(api, model: str, args: argparse.Namespace) -> list[str]:
     return with_preset(plan, list(args.extra))
 
 
-def model_source(model: str) -> source.ModelSource:
-    """A local folder, or the Hub's plan (gated, unknown, bad token fail here, before Ray)."""
-    found = source.locate(model, engine.looks_like_path(model), HubAccess.from_env(os.environ))
+def model_source(model: str, revision: str | None = None) -> source.ModelSource:
+    """A local folder, or the Hub's plan (gated, unknown, bad token fail here, before Ray);
+    `revision`: that commit (a recipe's lock), else `main`."""
+    found = source.locate(model, engine.looks_like_path(model), HubAccess.from_env(os.environ), revision)
     if found.repo:
         log.info("%s: %d files, %s at %s%s", model, len(found.repo.files), memory.fmt(found.repo.total_bytes),
                  found.repo.commit[:12], " (from the cache)" if found.repo.from_cache else "")
@@ -119,24 +120,39 @@ def model_source(model: str) -> source.ModelSource:
 @contextlib.contextmanager
 def prefetching(found: source.ModelSource, args: argparse.Namespace, want: int):
     """While the head waits for the nodes: fetch the model on each node as it joins.
-    Yields `finish(state)`, which waits for every node (a no-op without a Hub model)."""
-    if found.repo is None or args.no_prefetch:
-        yield lambda state: None
-        return
-    pf = Prefetch(found.model, on_progress=lambda line: log.info("fetching %s: %s", found.model, line))
+    Yields `finish(state)`, which waits for every node (a no-op without a Hub model), then,
+    with --offline or --verify-hashes, checks every node's copy against the head's."""
     stop = threading.Event()
-    thread = pf.follow_joins(want, stop)
+    pf = None
+    if not args.no_prefetch and (found.repo is not None or want > 1):  # a local folder: to the nodes lacking it
+        model = found.model if found.repo is not None else str(found.folder.resolve())
+        pf = Prefetch(model, on_progress=lambda line: log.info("fetching %s: %s", model, line),
+                      revision=found.revision, local=found.repo is None)
+        thread = pf.follow_joins(want, stop)
 
     def finish(state):
-        stop.set()
-        thread.join()
-        reports = pf.finish(state, timeout=args.wait_timeout + 3600)
-        log.info("%s is on every node: %s", found.model, ", ".join(
-            f"{ip} ({memory.fmt(r['downloaded_bytes'])} fetched)" for ip, r in sorted(reports.items())))
+        if pf is not None:
+            stop.set()
+            thread.join()
+            reports = pf.finish(state, timeout=args.wait_timeout + 3600)
+            log.info("%s is on every node: %s", found.model, ", ".join(
+                f"{ip} ({memory.fmt(r['downloaded_bytes'])} fetched)" for ip, r in sorted(reports.items())))
+        if getattr(args, "offline", False) or getattr(args, "verify_hashes", False):
+            verify_copies(found, state, args)
     try:
         yield finish
     finally:
         stop.set()
+
+
+def verify_copies(found: source.ModelSource, state, args: argparse.Namespace) -> None:
+    """Every node's copy complete, readable and identical to the head's (CopyNotVerified)."""
+    reports = check_copies(state, found.model, found.revision, found.folder is not None, args.verify_hashes,
+                           timeout=args.wait_timeout + 3600)
+    some = next(iter(reports.values()))
+    log.info("%s: the copies on %s are complete and identical (%d files, %s; %d hashed now)", found.model,
+             ", ".join(sorted(reports)), len(some["files"]), memory.fmt(sum(f["size"] for f in some["files"].values())),
+             sum(r["hashed"] for r in reports.values()))
 
 
 def check_memory(found: source.ModelSource, vargs, par, state, args: argparse.Namespace) -> None:

@@ -23,7 +23,7 @@ from orchestrator.serve import engine, health, vllm_plugin
 from orchestrator.cluster.bootstrap import SIMULATE_VAR, NodePlan, apply_environment
 from orchestrator.settings import Settings
 
-from . import fabriccmd, modelscmd
+from . import fabriccmd, modelscmd, recipecmd
 from .clustercmd import (add_cluster_options, form_cluster, make_plan, mark, run_worker_plan, running_node,
                          sigterm_stops)
 from .options import add_network_options
@@ -42,6 +42,7 @@ def register(sub, settings: Settings) -> None:
     add_cluster_options(p, settings)
     modelscmd.add_model_options(p, settings)
     fabriccmd.add_serve_check_options(p)
+    recipecmd.add_recipe_options(p)
     g = p.add_argument_group("supervision (head)")
     g.add_argument("--exit-on-node-loss", action="store_true",
                    help="when a node is lost while serving, exit (code 7) instead of waiting for it "
@@ -80,6 +81,7 @@ def run_serve(args: argparse.Namespace, settings: Settings) -> int:
     if args.simulate:
         # Before vLLM is imported: it chooses its platform (the simulation's plugin) once.
         os.environ[SIMULATE_VAR] = "1"
+    recipecmd.apply_recipe(args, settings)  # a recipe -> model, flags, env; --offline: HF_HUB_OFFLINE
     plan = make_plan(args, settings)
     if plan.role == "worker":
         if args.extra:
@@ -95,12 +97,12 @@ def run_serve(args: argparse.Namespace, settings: Settings) -> int:
     # vLLM imports while Ray starts and the other Sparks join; a bad flag still fails
     # in seconds, and the Ray node started meanwhile is stopped on the way out.
     loading = engine.load_in_background()
-    found = modelscmd.model_source(model)  # the Hub's answer (gated, unknown, ...) before Ray starts
+    found = recipecmd.model_source(model, args)  # the Hub's answer (gated, unknown, ...) before Ray starts
     t0 = time.monotonic()
     with head_cluster(plan) as (node, address):
         api = loading.result()
         logs.capture()  # vLLM's and Ray's Python loggers into --log-dir too (vLLM set its own up at import)
-        vargs = engine.parse_serve_args(api, model, modelscmd.serve_flags(api, model, args))
+        vargs = recipecmd.parse_serve_args(api, model, args)
         log.info("vLLM %s accepted the flags; forming the cluster", api.version)
         with modelscmd.prefetching(found, args, plan.cluster.nodes) as prefetched:
             state = form_cluster(plan, node, address)

@@ -128,6 +128,19 @@ class NotEnoughDisk(HubError, OSError):
     pass
 
 
+# --- recipes: the community's v1 format, pinned; offline copies --------------------
+class RecipeError(UsageError):
+    """A recipe file that cannot run: bad YAML, no `vllm serve` command, an unknown {param}."""
+
+
+class LockDrift(SparkVllmError):
+    """What would run differs from the recipe's lock (model revision, vLLM, Ray, torch, NCCL, image)."""
+
+
+class CopyNotVerified(SparkVllmError):
+    """--offline: a node's copy of the model is incomplete, differs from the head's, or is unreadable."""
+
+
 class BenchFailed(ServeError):
     """The serving benchmark could not run against the server."""
 

@@ -31,6 +31,7 @@ class Settings:
     log_format: str = "text"  # SPARK_VLLM_LOG_FORMAT
     log_dir: str | None = None  # SPARK_VLLM_LOG_DIR
     serving: bool = False  # SPARK_VLLM_SERVING=1: set by `serve` for vLLM's processes (serve.vllm_plugin)
+    image_digest: str | None = None  # SPARK_VLLM_IMAGE_DIGEST: this container's image (a recipe's lock)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> "Settings":
@@ -47,6 +48,7 @@ class Settings:
             log_format=environ.get("SPARK_VLLM_LOG_FORMAT") or "text",
             log_dir=environ.get("SPARK_VLLM_LOG_DIR") or None,
             serving=env_flag(environ.get("SPARK_VLLM_SERVING")),
+            image_digest=environ.get("SPARK_VLLM_IMAGE_DIGEST") or None,
         )
 
     def sources(self, chosen: Mapping[str, object]) -> list[tuple[str, object, str]]:

@@ -14,9 +14,11 @@ in Authorization header` for a bad token. Run as a script inside a namespace:
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import re
+import subprocess
 import sys
 import threading
 import time
@@ -82,7 +84,8 @@ class Handler(BaseHTTPRequestHandler):
         with self.hub.lock:
             self.hub.requests.append((self.command, path))
         if path == "/_stats":  # for the tests: how many bytes of files were served
-            return self.send(200, json.dumps({"file_bytes": self.hub.file_bytes}).encode())
+            asked = sum(1 for _, p in self.hub.requests if p != "/_stats")  # every request but these
+            return self.send(200, json.dumps({"file_bytes": self.hub.file_bytes, "requests": asked}).encode())
         auth = self.headers.get("Authorization", "")
         token = auth.removeprefix("Bearer ").strip() if auth else None
         if token and token != GOOD_TOKEN:
@@ -154,6 +157,34 @@ def serve(root: Path, host: str = "127.0.0.1", port: int = 0) -> tuple[Threading
     server.daemon_threads = True
     threading.Thread(target=server.serve_forever, daemon=True).start()
     return server, hub
+
+
+@contextlib.contextmanager
+def in_node(node, root: Path, port: int, tmp: Path, clean_env):
+    """The fake Hub as a process inside a simulated Spark (reachable from the others over the
+    veth); yields each of two nodes' environment: its own HF cache and run records, the Hub's
+    address, no token (conftest plants one) and no offline flag."""
+    hub = node.popen(sys.executable, str(Path(__file__)), str(root), node.ip, str(port),
+                     stdout=subprocess.PIPE, text=True)
+    try:
+        assert hub.stdout.readline().startswith("fakehub on"), "the fake Hub did not start"
+        envs = [clean_env(HF_ENDPOINT=f"http://{node.ip}:{port}", HF_HOME=str(tmp / f"hf{i}"),
+                          SPARK_VLLM_RUN_DIR=str(tmp / f"run{i}"), HF_HUB_DISABLE_PROGRESS_BARS="1")
+                for i in range(2)]
+        for env in envs:
+            for var in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_HUB_OFFLINE"):
+                env.pop(var, None)
+        yield envs
+    finally:
+        hub.terminate()
+        hub.wait(10)
+
+
+def stats(node, port: int) -> dict:
+    """The Hub's counters (bytes of files sent, requests), asked from inside `node`."""
+    out = node.run(sys.executable, "-c", "import urllib.request, sys; sys.stdout.write(urllib.request.urlopen("
+                   f"'http://{node.ip}:{port}/_stats').read().decode())", capture_output=True, text=True, timeout=30)
+    return json.loads(out.stdout)
 
 
 if __name__ == "__main__":

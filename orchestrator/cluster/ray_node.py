@@ -37,6 +37,9 @@ class ClusterOptions:
     join_timeout: float = 120.0
     allow_version_skew: bool = False
     temp_dir: str | None = None
+    # The driver's Ray job environment (a recipe's env, HF_HUB_OFFLINE): Ray gives it to every
+    # worker process of the job on every node, so a node started by plain `spark-vllm worker` gets it.
+    job_env: tuple[tuple[str, str], ...] = ()
 
     @property
     def head(self) -> bool:
@@ -170,8 +173,10 @@ class RayNode:
                 p.kill()
 
 
-def connect_driver(address: str, node_ip: str | None = None, quiet: bool = False) -> None:
-    """Connect this process to the cluster as a Ray driver (vLLM reuses the connection)."""
+def connect_driver(address: str, node_ip: str | None = None, quiet: bool = False,
+                   env: tuple[tuple[str, str], ...] = ()) -> None:
+    """Connect this process to the cluster as a Ray driver (vLLM reuses the connection);
+    `env`: set in every worker process of this job, on every node (Ray's runtime env)."""
     import ray
 
     if not ray.is_initialized():
@@ -182,7 +187,8 @@ def connect_driver(address: str, node_ip: str | None = None, quiet: bool = False
         previous = signal.getsignal(signal.SIGTERM) if main else None
         try:
             ray.init(address=address, _node_ip_address=node_ip, logging_level=logging.WARNING,
-                     log_to_driver=not quiet, configure_logging=not quiet)
+                     log_to_driver=not quiet, configure_logging=not quiet,
+                     runtime_env={"env_vars": dict(env)} if env else None)
         except Exception as exc:
             if _auth_refused(exc):
                 raise ClusterError(f"the Ray cluster at {address} refused this process's auth token",

@@ -21,7 +21,8 @@ from typing import Callable
 from .. import errors
 from ..cluster.nodes import ClusterState, NodeInfo
 from .hub import HubAccess, cached_bytes, fetch_here
-from .mirror import SnapshotServer, copy_from_head
+from .mirror import FolderServer, SnapshotServer, copy_folder_from_head, copy_from_head
+from .recipes.verify import compare, copy_here, record
 from .memory import fmt
 
 PROGRESS_EVERY = 1.0  # seconds between a node's progress reports
@@ -47,7 +48,7 @@ def raise_value(report: dict, node: str) -> None:
         raise kind(f"on {node}: {report['message']}", report["hint"])
 
 
-def fetch_task(repo_id: str, node_ip: str, board) -> dict:
+def fetch_task(repo_id: str, node_ip: str, board, revision: str | None = None) -> dict:
     """What runs on each node: fetch_here, with its cache's size reported to `board`."""
     access = HubAccess.from_env(os.environ)
     done = threading.Event()
@@ -60,7 +61,8 @@ def fetch_task(repo_id: str, node_ip: str, board) -> dict:
         threading.Thread(target=loop, daemon=True).start()
 
     try:
-        report = fetch_here(repo_id, access, node_ip, on_plan=watch)
+        report = fetch_here(repo_id, access, node_ip, on_plan=watch, revision=revision)
+        record(report["folder"])  # the manifest an offline start checks the copy against
         board.report.remote(node_ip, report["total_bytes"], report["total_bytes"])
         return report
     except errors.SparkVllmError as exc:
@@ -69,11 +71,8 @@ def fetch_task(repo_id: str, node_ip: str, board) -> dict:
         done.set()
 
 
-def copy_task(manifest: dict, repo_id: str, node_ip: str, board) -> dict:
-    """What runs on a worker in `via_head` mode: the head's snapshot over the fabric."""
-    if "error" in manifest:
-        return {**manifest, "message": f"the head's download failed: {manifest['message']}"}
-    total = sum(f["size"] for f in manifest["files"])
+def reporter(board, node_ip: str, total: int) -> Callable[[int], None]:
+    """on_bytes for a copy: the bytes so far to `board`, at most once a PROGRESS_EVERY."""
     done, last = [0], [0.0]
 
     def on_bytes(n: int) -> None:
@@ -81,15 +80,42 @@ def copy_task(manifest: dict, repo_id: str, node_ip: str, board) -> dict:
         if time.monotonic() - last[0] > PROGRESS_EVERY:
             last[0] = time.monotonic()
             board.report.remote(node_ip, min(done[0], total), total)
+    return on_bytes
 
+
+def copy_task(manifest: dict, repo_id: str, node_ip: str, board) -> dict:
+    """What runs on a worker in `via_head` mode: the head's snapshot over the fabric."""
+    if "error" in manifest:
+        return {**manifest, "message": f"the head's download failed: {manifest['message']}"}
+    total = sum(f["size"] for f in manifest["files"])
     try:
-        report = copy_from_head(manifest, repo_id, node_ip, on_bytes)
+        report = copy_from_head(manifest, repo_id, node_ip, reporter(board, node_ip, total))
+        record(report["folder"])
         board.report.remote(node_ip, total, total)
         return report
     except errors.SparkVllmError as exc:
         return error_value(exc)
     except OSError as exc:
         return error_value(errors.HubError(f"the copy from the head failed: {exc}", "run it again: it resumes"))
+
+
+def folder_task(server, folder: str, node_ip: str, board) -> dict:
+    """What runs on a node for a local model folder: the head's copy where this node lacks it."""
+    import ray
+
+    try:
+        listing = ray.get(server.listing.remote())
+        total = sum(listing.values())
+        report = copy_folder_from_head(folder, listing, lambda: ray.get(server.manifest.remote()), node_ip,
+                                       reporter(board, node_ip, total))
+        record(folder)
+        board.report.remote(node_ip, total, total)
+        return report
+    except errors.SparkVllmError as exc:
+        return error_value(exc)
+    except OSError as exc:
+        return error_value(errors.HubError(f"the copy of {folder} from the head failed: {exc}",
+                                           "run it again: it resumes"))
 
 
 class ProgressBoard:
@@ -119,6 +145,8 @@ class Prefetch:
     on_progress: Callable[[str], None]
     interval: float = 5.0
     via_head: bool = True  # one Hub download (the head's), copies over the fabric for the others
+    revision: str | None = None  # a pinned commit (a recipe's lock), else `main`
+    local: bool = False  # repo_id is a local folder on the head: copied to the nodes that lack it
 
     def __post_init__(self) -> None:
         self.refs: dict[str, object] = {}
@@ -135,8 +163,11 @@ class Prefetch:
             if self.board is None:
                 self.board = ray.remote(num_cpus=0)(ProgressBoard).remote()
             head = next((n for n in nodes if n.head), None)
+            if self.local:
+                self._start_folder(nodes, head)
+                return
             if self.via_head and self.manifest is None and head is not None:
-                self.refs[head.ip] = on_node(fetch_task, head, self.repo_id, head.ip, self.board)
+                self.refs[head.ip] = on_node(fetch_task, head, self.repo_id, head.ip, self.board, self.revision)
                 self.server = ray.remote(num_cpus=0)(SnapshotServer).options(
                     scheduling_strategy=NodeAffinitySchedulingStrategy(head.node_id, soft=False),
                 ).remote(self.repo_id, head.ip, self.refs[head.ip])
@@ -147,7 +178,23 @@ class Prefetch:
                 if self.manifest is not None:
                     self.refs[n.ip] = on_node(copy_task, n, self.manifest, self.repo_id, n.ip, self.board)
                 else:  # each from the Hub: asked for, or no head among the GPU nodes to copy from
-                    self.refs[n.ip] = on_node(fetch_task, n, self.repo_id, n.ip, self.board)
+                    self.refs[n.ip] = on_node(fetch_task, n, self.repo_id, n.ip, self.board, self.revision)
+
+    def _start_folder(self, nodes, head) -> None:
+        import ray
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        if head is None:
+            return
+        if self.server is None:
+            self.server = ray.remote(num_cpus=0)(FolderServer).options(
+                scheduling_strategy=NodeAffinitySchedulingStrategy(head.node_id, soft=False),
+            ).remote(self.repo_id, head.ip)
+            self.refs[head.ip] = ray.put({"node": head.ip, "folder": self.repo_id, "total_bytes": 0,
+                                          "downloaded_bytes": 0, "source": "here"})
+        for n in nodes:
+            if n.ip not in self.refs:
+                self.refs[n.ip] = on_node(folder_task, n, self.server, self.repo_id, n.ip, self.board)
 
     def close(self) -> None:
         import ray
@@ -200,3 +247,26 @@ class Prefetch:
                                           + ", ".join(sorted(pending)), "check the network, or pass --no-prefetch")
                 self.on_progress(describe_progress(ray.get(self.board.read.remote())))
         return reports
+
+
+def check_copies(state: ClusterState, model: str, revision: str | None, local: bool, verify_hashes: bool,
+                 timeout: float) -> dict[str, dict]:
+    """Every GPU node reads its copy of the model (recipes/verify.py) at once; the head
+    holds them to its own. CopyNotVerified names each problem; else the reports."""
+    import ray
+
+    refs = {n.ip: on_node(copy_here, n, model, revision, local, verify_hashes, n.ip) for n in state.gpu_nodes}
+    try:
+        reports = dict(zip(refs, ray.get(list(refs.values()), timeout=timeout)))
+    except Exception as exc:
+        raise errors.CopyNotVerified(f"could not read the copies of {model} on every node: {exc}",
+                                     "check `spark-vllm status`") from None
+    head = next((n.ip for n in state.gpu_nodes if n.head), next(iter(reports)))
+    problems = compare(reports, head)
+    if problems:
+        more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
+        raise errors.CopyNotVerified(f"the copies of {model} are not complete and identical on every node: "
+                                     + "; ".join(problems[:3]) + more,
+                                     "fetch it again online (spark-vllm download), or fix the files' owner "
+                                     "and mode; nothing was started")
+    return reports

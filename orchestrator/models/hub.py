@@ -50,6 +50,7 @@ class RepoPlan:
     files: tuple[tuple[str, int], ...]  # (path, bytes)
     weights_bytes: int
     from_cache: bool = False  # offline, or the Hub unreachable: the cached snapshot, nothing to fetch
+    pinned: bool = False  # a revision was asked for (a recipe's lock): fetched by commit, `refs/main` untouched
 
     @property
     def total_bytes(self) -> int:
@@ -127,46 +128,50 @@ def hub_error(exc: Exception, repo_id: str, has_token: bool) -> HubError:
                     "retry; set HF_HUB_OFFLINE=1 to use only what is cached")
 
 
-def plan_repo(repo_id: str, access: HubAccess, token: str | None) -> RepoPlan:
+def plan_repo(repo_id: str, access: HubAccess, token: str | None, revision: str | None = None) -> RepoPlan:
     """The Hub's file list and sizes, and one file's metadata: access problems (gated,
-    bad token, unknown repository) show here, before any byte is written."""
+    bad token, unknown repository) show here, before any byte is written. `revision`:
+    that commit (a lock's), else `main`."""
     from huggingface_hub import HfApi, get_hf_file_metadata, hf_hub_url
 
     if access.offline:
-        return cached_plan(repo_id, access)
+        return cached_plan(repo_id, access, revision)
     try:
-        info = HfApi(endpoint=access.endpoint, token=token).model_info(repo_id, files_metadata=True)
+        info = HfApi(endpoint=access.endpoint, token=token).model_info(repo_id, revision=revision,
+                                                                        files_metadata=True)
         sizes = {s.rfilename: int(s.size or 0) for s in info.siblings or ()}
         weights, other = select_files(list(sizes))
         probe = "config.json" if "config.json" in sizes else (weights + other)[0]
         get_hf_file_metadata(hf_hub_url(repo_id, probe, revision=info.sha, endpoint=access.endpoint), token=token)
     except Exception as exc:
-        if unreachable(exc) and cached_snapshot(repo_id, access):
-            return cached_plan(repo_id, access)
+        if unreachable(exc) and cached_snapshot(repo_id, access, revision):
+            return cached_plan(repo_id, access, revision)
         raise hub_error(exc, repo_id, token is not None) from None
     files = tuple((p, sizes[p]) for p in weights + other)
-    return RepoPlan(repo_id, info.sha, files, sum(sizes[p] for p in weights))
+    return RepoPlan(repo_id, info.sha, files, sum(sizes[p] for p in weights), pinned=revision is not None)
 
 
-def cached_plan(repo_id: str, access: HubAccess) -> RepoPlan:
+def cached_plan(repo_id: str, access: HubAccess, revision: str | None = None) -> RepoPlan:
     """Offline: the plan from the snapshot this node's cache holds for `main`.
     (Read directly: huggingface_hub 2.4's offline snapshot_download refuses a snapshot
     that lacks files vLLM never needs, such as `original/`.)"""
-    folder = cached_snapshot(repo_id, access)
+    folder = cached_snapshot(repo_id, access, revision)
     if folder is None:
-        raise OfflineNotCached(f"{repo_id} is not in this node's Hugging Face cache and HF_HUB_OFFLINE is set",
+        at = f" at {revision[:12]}" if revision else ""
+        raise OfflineNotCached(f"{repo_id}{at} is not in this node's Hugging Face cache and HF_HUB_OFFLINE is set",
                                f"fetch it first, online: spark-vllm download {repo_id}")
     paths = [str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file()]
     weights, other = select_files(paths)
     files = tuple((p, (folder / p).stat().st_size) for p in weights + other)
-    return RepoPlan(repo_id, folder.name, files, sum(s for p, s in files if p in weights), from_cache=True)
+    return RepoPlan(repo_id, folder.name, files, sum(s for p, s in files if p in weights), from_cache=True,
+                    pinned=revision is not None)
 
 
-def cached_snapshot(repo_id: str, access: HubAccess) -> Path | None:
-    """The cached snapshot of `main` that holds a config.json, or None."""
+def cached_snapshot(repo_id: str, access: HubAccess, revision: str | None = None) -> Path | None:
+    """The cached snapshot of `revision` (a commit), else of `main`, that holds a config.json, or None."""
     base = repo_cache_dir(repo_id, access)
     try:
-        folder = base / "snapshots" / (base / "refs" / "main").read_text().strip()
+        folder = base / "snapshots" / (revision or (base / "refs" / "main").read_text().strip())
     except OSError:
         return None
     return folder if (folder / "config.json").exists() else None
@@ -214,23 +219,38 @@ def download(plan: RepoPlan, access: HubAccess, token: str | None) -> str:
     from huggingface_hub import snapshot_download
 
     if plan.from_cache:
-        return str(cached_snapshot(plan.repo_id, access))
+        return str(cached_snapshot(plan.repo_id, access, plan.commit if plan.pinned else None))
     try:
         # The branch, not the planned commit: only then does the cache get the `refs/main`
-        # that vLLM (and an offline run) resolve the repository id through.
-        return snapshot_download(plan.repo_id, allow_patterns=plan.patterns,
-                                 cache_dir=access.cache_dir, endpoint=access.endpoint, token=token)
+        # that vLLM (and an offline run) resolve the repository id through. Pinned (a
+        # lock), the commit: vLLM is then given `--revision`.
+        folder = snapshot_download(plan.repo_id, allow_patterns=plan.patterns,
+                                   revision=plan.commit if plan.pinned else None,
+                                   cache_dir=access.cache_dir, endpoint=access.endpoint, token=token)
     except Exception as exc:
         raise hub_error(exc, plan.repo_id, token is not None) from None
+    if plan.pinned:
+        write_main_once(repo_cache_dir(plan.repo_id, access), plan.commit)
+    return folder
+
+
+def write_main_once(base: Path, commit: str) -> None:
+    """A pinned commit becomes `refs/main` only where the cache has no `main` yet (so that
+    the repository id alone resolves offline); a `main` already there is left as it is."""
+    ref = base / "refs" / "main"
+    if not ref.exists():
+        ref.parent.mkdir(parents=True, exist_ok=True)
+        ref.write_text(commit)
 
 
 def fetch_here(repo_id: str, access: HubAccess, node: str,
-               on_plan: Callable[[RepoPlan, int], None] = lambda plan, missing: None) -> dict:
+               on_plan: Callable[[RepoPlan, int], None] = lambda plan, missing: None,
+               revision: str | None = None) -> dict:
     """Plan, check the disk, download: what one node does. Returns a small report."""
     token = node_token()
-    plan = plan_repo(repo_id, access, token)
+    plan = plan_repo(repo_id, access, token, revision)
     missing = check_disk(plan, access, node)
     on_plan(plan, missing)
     folder = download(plan, access, token)  # also when all is cached: it checks and writes the ref
     return {"node": node, "folder": folder, "commit": plan.commit, "total_bytes": plan.total_bytes,
-            "downloaded_bytes": missing}
+            "downloaded_bytes": missing, "pinned": plan.pinned}

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Callable
 
 from ..errors import HubError
-from .hub import HubAccess, cached_snapshot, repo_cache_dir, require_disk
+from .hub import HubAccess, cached_snapshot, repo_cache_dir, require_disk, write_main_once
 
 CHUNK = 4 << 20
 SHA256 = re.compile(r"[0-9a-f]{64}")
@@ -59,19 +59,17 @@ class SnapshotServer:
         if self.error:
             return
         access = HubAccess.from_env(os.environ)
-        snapshot = cached_snapshot(repo_id, access)
+        # the folder the head's fetch reported (a pinned commit's), else the cache's `main`
+        snapshot = Path(head_report["folder"]) if head_report.get("folder") else cached_snapshot(repo_id, access)
         if snapshot is None:
             self.error = {"error": "HubError", "message": f"the head has no snapshot of {repo_id} to share",
                           "hint": "run spark-vllm download on the head"}
             return
         self.files = manifest_of(snapshot)
-        blobs = {f["blob"]: snapshot.joinpath(f["path"]).resolve() for f in self.files}
-        handler = type("BlobHandler", (BlobHandler,), {"blobs": blobs})
-        self.server = ThreadingHTTPServer((bind_ip, 0), handler)
-        self.server.daemon_threads = True
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-        self.manifest_value = {"url": f"http://{bind_ip}:{self.server.server_address[1]}", "commit": snapshot.name,
-                               "files": self.files}
+        self.server, url = serve_files({f["blob"]: snapshot.joinpath(f["path"]).resolve() for f in self.files},
+                                       bind_ip)
+        self.manifest_value = {"url": url, "commit": snapshot.name, "files": self.files,
+                               "pinned": bool(head_report.get("pinned"))}
 
     def manifest(self) -> dict:
         return self.error or self.manifest_value
@@ -79,6 +77,65 @@ class SnapshotServer:
     def close(self) -> None:
         if not self.error:
             self.server.shutdown()
+
+
+def serve_files(blobs: dict[str, Path], bind_ip: str) -> tuple[ThreadingHTTPServer, str]:
+    """An HTTP server on `bind_ip` (any free port) for exactly these files, by name; and its URL."""
+    server = ThreadingHTTPServer((bind_ip, 0), type("BlobHandler", (BlobHandler,), {"blobs": blobs}))
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server, f"http://{bind_ip}:{server.server_address[1]}"
+
+
+class FolderServer:
+    """Ray actor on the head: a local model folder (MODEL given as a path) for the nodes that
+    lack it, its files by relative path. The listing (names, sizes) is cheap; the files are
+    hashed, and served, only once a node asks for the manifest."""
+
+    SKIP = ".spark-vllm-manifest.json"  # the head's own record (recipes/verify.py)
+
+    def __init__(self, folder: str, bind_ip: str) -> None:
+        self.folder, self.bind_ip, self.value, self.server = Path(folder), bind_ip, None, None
+
+    def listing(self) -> dict[str, int]:
+        return {str(p.relative_to(self.folder)): p.stat().st_size for p in sorted(self.folder.rglob("*"))
+                if p.is_file() and not p.name.startswith(self.SKIP)}
+
+    def manifest(self) -> dict:
+        if self.value is None:
+            files = [{**f, "blob": f["path"]} for f in manifest_of(self.folder)
+                     if not Path(f["path"]).name.startswith(self.SKIP)]
+            self.server, url = serve_files({f["blob"]: self.folder / f["path"] for f in files}, self.bind_ip)
+            self.value = {"url": url, "folder": str(self.folder), "files": files}
+        return self.value
+
+    def close(self) -> None:
+        if self.server is not None:
+            self.server.shutdown()
+
+
+def copy_folder_from_head(folder: str, listing: dict[str, int], get_manifest: Callable[[], dict], node: str,
+                          on_bytes: Callable[[int], None] = lambda n: None) -> dict:
+    """What a node does for a local model folder: nothing when it holds every file at the
+    head's size; else the missing or different files, checksummed, into the same path."""
+    target = Path(folder)
+    have = {rel: (target / rel).stat().st_size for rel in listing if (target / rel).is_file()}
+    total = sum(listing.values())
+    moved = 0
+    if any(have.get(rel) != size for rel, size in listing.items()):
+        manifest = get_manifest()
+        todo = [f for f in manifest["files"] if have.get(f["path"]) != f["size"]]
+        target.mkdir(parents=True, exist_ok=True)
+        require_disk(folder, sum(f["size"] for f in todo),
+                     os.statvfs(target).f_bavail * os.statvfs(target).f_frsize, f"{node} ({folder})")
+        for f in todo:
+            (target / f["path"]).parent.mkdir(parents=True, exist_ok=True)
+        on_bytes(total - sum(f["size"] for f in todo))
+        moved = sum(copy_blob(manifest["url"], f, target, on_bytes) for f in todo)
+    else:
+        on_bytes(total)
+    return {"node": node, "folder": folder, "commit": None, "total_bytes": total, "downloaded_bytes": moved,
+            "source": "head"}
 
 
 class BlobHandler(BaseHTTPRequestHandler):
@@ -155,7 +212,10 @@ def copy_from_head(manifest: dict, repo_id: str, node: str, on_bytes: Callable[[
         link.parent.mkdir(parents=True, exist_ok=True)
         if not link.exists():
             link.symlink_to(os.path.relpath(blobs / f["blob"], link.parent))
-    (base / "refs").mkdir(exist_ok=True)
-    (base / "refs" / "main").write_text(manifest["commit"])
+    if manifest.get("pinned"):  # found by vLLM's --revision: a `main` already there stays
+        write_main_once(base, manifest["commit"])
+    else:
+        (base / "refs").mkdir(exist_ok=True)
+        (base / "refs" / "main").write_text(manifest["commit"])
     return {"node": node, "folder": str(snapshot), "commit": manifest["commit"], "total_bytes": total,
             "downloaded_bytes": moved, "source": "head"}

@@ -18,17 +18,18 @@ class ModelSource:
     model: str
     folder: Path | None = None  # a local model folder
     repo: RepoPlan | None = None  # a Hub repository
+    revision: str | None = None  # a pinned commit (a recipe's lock), else `main`
 
     @property
     def weights_bytes(self) -> int:
         return self.repo.weights_bytes if self.repo else local_weights_bytes(self.folder)
 
 
-def locate(model: str, local: bool, access: HubAccess) -> ModelSource:
+def locate(model: str, local: bool, access: HubAccess, revision: str | None = None) -> ModelSource:
     """`local`: `model` is a path (engine.check_model decided); else ask the Hub."""
     if local:
         return ModelSource(model, folder=Path(model))
-    return ModelSource(model, repo=plan_repo(model, access, node_token()))
+    return ModelSource(model, repo=plan_repo(model, access, node_token(), revision), revision=revision)
 
 
 def load_config(source: ModelSource, access: HubAccess) -> dict:
@@ -36,14 +37,15 @@ def load_config(source: ModelSource, access: HubAccess) -> dict:
     if source.folder is not None:
         path = source.folder / "config.json"
     else:
-        snapshot = cached_snapshot(source.model, access)
+        snapshot = cached_snapshot(source.model, access, source.revision)
         path = snapshot / "config.json" if snapshot else None
         if path is None:
             from huggingface_hub import hf_hub_download
 
             try:
-                path = Path(hf_hub_download(source.model, "config.json", cache_dir=access.cache_dir,
-                                            endpoint=access.endpoint, token=node_token()))
+                path = Path(hf_hub_download(source.model, "config.json", revision=source.revision,
+                                            cache_dir=access.cache_dir, endpoint=access.endpoint,
+                                            token=node_token()))
             except Exception as exc:
                 raise hub_error(exc, source.model, node_token() is not None) from None
     try:

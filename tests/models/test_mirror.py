@@ -79,3 +79,67 @@ def test_a_corrupt_copy_is_refused(head_server, tmp_path):
 def test_the_heads_failure_travels(tmp_path):
     failed = {"error": "GatedModel", "message": "m is gated", "hint": "ask"}
     assert SnapshotServer("m", "127.0.0.1", failed).manifest() == failed
+
+
+def test_a_pinned_commit_is_fetched_copied_and_recorded_by_commit(hub, tmp_path, monkeypatch):
+    """A recipe's lock: the Hub's commit, asked for by hash; `refs/main` is written where the
+    cache had none, and left alone where it had one; each copy gets its manifest."""
+    import json
+
+    from orchestrator.models.recipes.verify import read_copy, record
+
+    for var in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN"):
+        monkeypatch.delenv(var, raising=False)
+    commit = fakehub.Hub.sha("tiny/llama")
+    head = HubAccess.from_env({"HF_HOME": str(tmp_path / "head"), "HF_ENDPOINT": hub})
+    report = fetch_here("tiny/llama", head, "head", revision=commit)
+    assert report["pinned"] and report["folder"].endswith(f"snapshots/{commit}")
+    base = tmp_path / "head" / "hub" / "models--tiny--llama"
+    assert (base / "refs" / "main").read_text() == commit
+    record(report["folder"])
+    manifest = json.loads((base / "spark-vllm" / f"{commit}.json").read_text())
+    assert {f["path"] for f in manifest["files"]} >= {"config.json", "model.safetensors"}
+
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "head"))
+    server = SnapshotServer("tiny/llama", "127.0.0.1", report)
+    try:
+        shared = server.manifest()
+        assert shared["pinned"] and shared["commit"] == commit
+        monkeypatch.setenv("HF_HOME", str(tmp_path / "worker"))
+        worker = tmp_path / "worker" / "hub" / "models--tiny--llama"
+        (worker / "refs").mkdir(parents=True)
+        (worker / "refs" / "main").write_text("0" * 40)  # this node's main: another commit
+        copied = copy_from_head(shared, "tiny/llama", "worker")
+        assert (worker / "refs" / "main").read_text() == "0" * 40  # left as it was
+        record(copied["folder"])
+        assert read_copy(worker / "snapshots" / commit)["files"] == read_copy(base / "snapshots" / commit)["files"]
+    finally:
+        server.close()
+    # offline, the pinned commit alone is found in the cache
+    offline = HubAccess(offline=True, cache_dir=str(tmp_path / "worker" / "hub"))
+    assert fetch_here("tiny/llama", offline, "worker", revision=commit)["folder"].endswith(commit)
+
+
+def test_a_local_model_folder_is_copied_to_a_node_that_lacks_it(tmp_path):
+    """MODEL given as a folder on the head: a node without it (here: another path) gets
+    every file, checksummed; with all files at the head's sizes nothing moves and nothing
+    is hashed on the head."""
+    from orchestrator.models.mirror import FolderServer, copy_folder_from_head
+
+    source = make_tiny_model(tmp_path / "head" / "tiny")
+    (source / "sub").mkdir()
+    (source / "sub" / "extra.json").write_text("{}")
+    server = FolderServer(str(source), "127.0.0.1")
+    target = tmp_path / "worker" / "tiny"
+    try:
+        report = copy_folder_from_head(str(target), server.listing(), server.manifest, "worker")
+        assert report["downloaded_bytes"] == report["total_bytes"] > 0
+        for path in server.listing():
+            assert (target / path).read_bytes() == (source / path).read_bytes()
+        fresh = FolderServer(str(source), "127.0.0.1")  # a new serve: its manifest is never asked for
+        again = copy_folder_from_head(str(target), fresh.listing(), lambda: pytest.fail("hashed"), "worker")
+        assert again["downloaded_bytes"] == 0 and fresh.value is None
+        (target / "sub" / "extra.json").unlink()
+        assert copy_folder_from_head(str(target), server.listing(), server.manifest, "worker")["downloaded_bytes"] == 2
+    finally:
+        server.close()

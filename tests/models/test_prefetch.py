@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+import fakehub
 from conftest import PREFIX, REPO, clean_env
 from orchestrator.sim.namespaces import netns
 from orchestrator.sim.models.tinymodel import make_tiny_model
@@ -34,30 +35,14 @@ def sparks(tmp_path_factory):
     for repo in ("tiny--llama", "gated--llama", BIG.replace("/", "--")):
         shutil.copytree(model, root / repo)
     (root / "gated--llama" / ".gated").touch()
-    with netns.SimNetwork(nodes=2, prefix=PREFIX) as net:
-        head, worker = net.nodes
-        hub = head.popen(sys.executable, str(REPO / "tests" / "fakehub.py"), str(root), head.ip, str(HUB_PORT),
-                         stdout=subprocess.PIPE, text=True)
-        assert hub.stdout.readline().startswith("fakehub on"), "the fake Hub did not start"
-        envs = [clean_env(HF_ENDPOINT=f"http://{head.ip}:{HUB_PORT}", HF_HOME=str(tmp / f"hf{i}"),
-                          SPARK_VLLM_RUN_DIR=str(tmp / f"run{i}"), HF_HUB_DISABLE_PROGRESS_BARS="1")
-                for i in range(2)]
-        for env in envs:
-            for var in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN"):  # conftest plants both
-                env.pop(var, None)
-        try:
-            yield net, envs, tmp
-        finally:
-            hub.terminate()
-            hub.wait(10)
+    with netns.SimNetwork(nodes=2, prefix=PREFIX) as net, \
+            fakehub.in_node(net.nodes[0], root, HUB_PORT, tmp, clean_env) as envs:
+        yield net, envs, tmp
 
 
 def hub_bytes(head) -> int:
     """Bytes of files the fake Hub has sent so far (asked from inside the head's namespace)."""
-    out = head.run(sys.executable, "-c", "import urllib.request, sys; "
-                   f"sys.stdout.write(urllib.request.urlopen('http://{head.ip}:{HUB_PORT}/_stats').read().decode())",
-                   capture_output=True, text=True, timeout=30)
-    return json.loads(out.stdout)["file_bytes"]
+    return fakehub.stats(head, HUB_PORT)["file_bytes"]
 
 
 def cache(env: dict, repo: str) -> Path:
