@@ -37,7 +37,7 @@ import threading
 import time
 from pathlib import Path
 
-from orchestrator.sim.namespaces import netns
+from orchestrator.sim.namespaces import caches, netns
 from orchestrator.sim.demo.run import SIM_VLLM_FLAGS
 from orchestrator.sim.models.tinymodel import make_tiny_model
 
@@ -45,6 +45,7 @@ from . import shell_flow
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
+CACHES = RESULTS / "cache"  # each simulated Spark's compile caches (node0, node1), warm between runs
 PY = sys.executable
 PORT = 8000
 RAY_PORT = 6379
@@ -151,7 +152,8 @@ class Bench:
 
     def proc(self, node, argv, env, name) -> Proc:
         self.runs += 1
-        return Proc(node, argv, env, self.workdir / f"{self.runs:02d}-{name}.log")
+        # Both flows: each simulated Spark compiles into its own caches, kept between runs.
+        return Proc(node, argv, caches.node_env(env, CACHES, node.index), self.workdir / f"{self.runs:02d}-{name}.log")
 
     def ours(self, node, *args: str) -> list[str]:
         return [PY, "-m", "launch", *args, "--simulate", "--sysfs-root", node.sysfs_root]
