@@ -98,10 +98,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-serving", action="store_true", help="cold starts only")
     p.add_argument("--out", default=str(RESULTS / "executors.json"))
     args = p.parse_args(argv)
-    reason = netns.available()
-    if reason:
-        say(reason)
-        return 1
+    if netns.available():
+        raise SystemExit(f"bench: {netns.available()}")
     workdir = LOGS
     workdir.mkdir(parents=True, exist_ok=True)
     for old in workdir.glob("*.log"):
