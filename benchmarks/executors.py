@@ -9,7 +9,8 @@ flow), TP 2 across the two Sparks, each Spark its own compile caches:
 - mp: `vllm serve ... --distributed-executor-backend mp --nnodes 2 --node-rank 0
   --master-addr HEAD --master-port P` on the head and the same with `--node-rank 1
   --headless` on the worker, started together (no Ray at all).
-Measured per run: the cold start (first command to the first token), then vLLM's
+After one untimed start of each (the compile caches filled, as the harness does),
+measured per run: the cold start (first command to the first token), then vLLM's
 benchmark client from the worker Spark at concurrency 1, 4 and 16 (each level's best of
 two runs): output tokens/s, TPOT (decode: 1000 / TPOT tokens/s a sequence), TTFT.
 A run that fails keeps its error and the last lines of its log. Needs root.
@@ -96,6 +97,8 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.executors", description=__doc__.split("\n")[0])
     p.add_argument("--pairs", type=int, default=2, help="(ray, mp) pairs, the order alternating (default 2)")
     p.add_argument("--no-serving", action="store_true", help="cold starts only")
+    p.add_argument("--no-warmup", dest="warmup", action="store_false",
+                   help="skip the untimed start of each executor that fills the compile caches first")
     p.add_argument("--out", default=str(RESULTS / "executors.json"))
     args = p.parse_args(argv)
     if netns.available():
@@ -111,6 +114,12 @@ def main(argv: list[str] | None = None) -> int:
         model = str(model_dir if (model_dir / "config.json").exists() else make_tiny_model(model_dir))
         bench = Bench(net, workdir, model)
         try:
+            if args.warmup:  # untimed: each executor's first start fills the nodes' compile caches
+                for label, fn in (("ray", lambda: bench.cold_theirs(False)), ("mp", lambda: cold_mp(bench, False))):
+                    t = time.monotonic()
+                    got = guarded(fn, "theirs-vllm-serve" if label == "ray" else "mp-head")()
+                    say(f"warm-up {label}: {'failed: ' + got['error'] if 'error' in got else 'done'} "
+                        f"in {time.monotonic() - t:.1f} s")
             pairs = paired(args.pairs, guarded(lambda: bench.cold_theirs(serve), "theirs-vllm-serve"),
                            guarded(lambda: cold_mp(bench, serve), "mp-head"), "executors (ray, mp)")
         finally:
