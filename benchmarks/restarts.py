@@ -13,8 +13,8 @@ and the in-process recovery against a cold start, as JSON.
 
 Each start's phases come from the logs: the cluster (spark-vllm's "cluster ready in"),
 the engine (its "ready: ... engine X s"), the flags checked (vLLM imported), vLLM's
-compile window (from its "Warming up model for the compilation" to the compiled
-function saved or loaded, from vLLM's own timestamps), whether vLLM loaded its compile
+compile window (from its "Warming up model for the compilation" to its "Warming up
+done": compiled or loaded, and saved; vLLM's own timestamps, to the second), whether vLLM loaded its compile
 cache or compiled again ("load failure"), and vLLM's "init engine ... took".
 Needs root. `side_by_side` runs it as its `restarts` scenario.
 
@@ -29,7 +29,7 @@ import os
 import platform
 import re
 import statistics
-import tempfile
+import shutil
 import time
 from datetime import datetime
 from pathlib import Path
@@ -41,10 +41,11 @@ from .recovery import Lines, one_round
 
 RESULTS = Path(__file__).resolve().parent / "results"
 PREFIX = "svrestart"
+WORK = RESULTS / "logs-restarts"  # each pair's caches and logs (pair<i>/first-head.log, ...)
 # vLLM's log lines: "(Worker pid=1) INFO 12-02 04:46:34 [file.py:87] message"
 STAMP = re.compile(r"(\d\d-\d\d \d\d:\d\d:\d\d)")
 COMPILE_START = "Warming up model for the compilation"
-COMPILE_END = ("saved AOT compiled function", "Directly load AOT compilation")
+COMPILE_END = ("Warming up done",)  # after the compile, or the load, and the saving
 
 
 def stamp(line: str) -> datetime | None:
@@ -115,21 +116,23 @@ def recoveries(pair_dir: Path, model: str, rounds: int) -> list[dict]:
 
 def measure(pairs: int = 2, rounds: int = 2, say=print) -> dict:
     """The two scenarios, as side_by_side's report holds them."""
-    with tempfile.TemporaryDirectory(prefix="spark-vllm-restarts-") as tmp:
-        work = Path(tmp)
-        model = str(make_tiny_model(work / "tiny-llama"))
-        starts = []
-        for i in range(pairs):
-            pair_dir = work / f"pair{i}"
-            pair_dir.mkdir()
-            first = start_once(pair_dir, model, "first")
-            say(f"restarts pair {i + 1}/{pairs}: first start ready in {first['ready_s']} s")
-            second = start_once(pair_dir, model, "second")
-            say(f"restarts pair {i + 1}/{pairs}: second start ready in {second['ready_s']} s")
-            starts.append({"first": first, "second": second})
-        rec = recoveries(pair_dir, model, rounds) if rounds else []
-        for r in rec:
-            say(f"recovery: worker restart to ready again in {r['recovery_s']} s")
+    # Emptied first: each pair's first start must find no cache. Kept after: the logs.
+    shutil.rmtree(WORK, ignore_errors=True)
+    WORK.mkdir(parents=True)
+
+    model = str(make_tiny_model(WORK / "tiny-llama"))
+    starts = []
+    for i in range(pairs):
+        pair_dir = WORK / f"pair{i}"
+        pair_dir.mkdir()
+        first = start_once(pair_dir, model, "first")
+        say(f"restarts pair {i + 1}/{pairs}: first start ready in {first['ready_s']} s")
+        second = start_once(pair_dir, model, "second")
+        say(f"restarts pair {i + 1}/{pairs}: second start ready in {second['ready_s']} s")
+        starts.append({"first": first, "second": second})
+    rec = recoveries(pair_dir, model, rounds) if rounds else []
+    for r in rec:
+        say(f"recovery: worker restart to ready again in {r['recovery_s']} s")
     first_med = statistics.median(p["first"]["ready_s"] for p in starts)
     second_med = statistics.median(p["second"]["ready_s"] for p in starts)
     out = {"warm_restart": {"pairs": starts, "ratio": spread([p["second"]["ready_s"] / p["first"]["ready_s"]

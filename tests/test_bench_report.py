@@ -81,8 +81,10 @@ def test_vllm_phases_read_from_its_log_lines():
         "(RayWorkerProc pid=4) WARNING 12-02 04:46:42 [decorators.py:333] [backbone] Compiling model again due "
         "to a load failure from /c/rank_0_0/model, reason: 'function' object has no attribute 'finalize_loading'",
         "(RayWorkerProc pid=4) INFO 12-02 04:46:53 [decorators.py:743] [backbone] saved AOT compiled function to /c",
+        "(RayWorkerProc pid=4) INFO 12-02 04:46:53 [cpu_worker.py:90] Warming up done.",
         "(RayWorkerProc pid=5, ip=192.168.100.11) INFO 12-02 04:46:55 [decorators.py:743] saved AOT compiled "
         "function to /d",
+        "(RayWorkerProc pid=5, ip=192.168.100.11) INFO 12-02 04:46:55 [cpu_worker.py:90] Warming up done.",
         "(EngineCore pid=3) INFO 12-02 04:46:58 [core.py:403] init engine (profile, create kv cache, warmup model) "
         "took 24.31 s",
     ])
