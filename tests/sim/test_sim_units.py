@@ -163,6 +163,11 @@ def test_each_node_gets_its_own_cache_folders(tmp_path):
         # The Hugging Face cache stays where it was: one model download for both.
         assert e["HF_HOME"] == "/home/me/.cache/huggingface"
     assert env["VLLM_CACHE_ROOT"] == "/shared/vllm"  # the caller's mapping is left alone
+    # The CPU build cannot load its AOT artifact: off on the CPU engine, vLLM's default on CUDA,
+    # and a caller's own choice wins.
+    assert head["VLLM_USE_AOT_COMPILE"] == "0"
+    assert "VLLM_USE_AOT_COMPILE" not in node_env(env, tmp_path, 0, cpu=False)
+    assert node_env({"VLLM_USE_AOT_COMPILE": "1"}, tmp_path, 0)["VLLM_USE_AOT_COMPILE"] == "1"
     assert node_env({"HF_HOME": "/hf", "XDG_CACHE_HOME": "/x"}, tmp_path, 0)["HF_HOME"] == "/hf"
     assert node_env({"XDG_CACHE_HOME": "/x"}, tmp_path, 0)["HF_HOME"] == "/x/huggingface"
 

@@ -141,7 +141,8 @@ def start_serve(node: netns.SimNode, label: str, workdir: Path, on_line: Callabl
     again, as a restart policy would, with `SimCluster.env()`), its log in `workdir/LABEL.log`.
     `mode` () is the GPU simulation: real GPUs, no --simulate. The node's compile caches
     are its own, under `cache_base` (default `workdir/caches`: a restart finds them)."""
-    env = caches.node_env(os.environ if env is None else env, cache_base or workdir / "caches", node.index)
+    env = caches.node_env(os.environ if env is None else env, cache_base or workdir / "caches", node.index,
+                          cpu="--simulate" in mode)
     proc = node.popen(python, "-m", "launch", "serve", *args, *mode, *node.cli_flags(), env=env,
                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1)
     return NodeRun(label, proc, workdir / f"{label}.log", on_line)

@@ -13,6 +13,13 @@ engine to the workers on every node (`vllm.ray.ray_env.get_env_vars_to_copy`), w
 would point the worker Spark back at the head's folder. An inherited VLLM_CACHE_ROOT
 is dropped for the same reason. The Hugging Face cache stays where it was (HF_HOME
 pinned), so moving XDG_CACHE_HOME does not make the simulation fetch a model twice.
+
+On the CPU engine, vLLM's AOT compile is turned off (VLLM_USE_AOT_COMPILE=0): vLLM 0.32's
+CPU build saves an AOT artifact that it can never load ("Compiling model again due to a
+load failure ... no attribute 'finalize_loading'", docs/performance.md), so every start
+paid the failed load and the save again; without it a restart compiles from inductor's
+warm cache only, as fast as the CPU build can restart. CUDA (the GPU simulation, a
+Spark) loads its artifact and keeps vLLM's default.
 """
 
 from __future__ import annotations
@@ -37,11 +44,17 @@ def hf_home(env: Mapping[str, str]) -> str:
     return os.path.join(xdg, "huggingface")
 
 
-def node_env(env: Mapping[str, str], base: str | Path, index: int) -> dict[str, str]:
-    """`env` for a process of simulated Spark `index`: its caches under `base/node<index>`."""
+CPU_ENGINE_ENV = {"VLLM_USE_AOT_COMPILE": "0"}
+
+
+def node_env(env: Mapping[str, str], base: str | Path, index: int, cpu: bool = True) -> dict[str, str]:
+    """`env` for a process of simulated Spark `index`: its caches under `base/node<index>`;
+    `cpu`: vLLM's CPU engine (False: the GPU simulation)."""
     root = str(node_cache_root(base, index))
     out = {k: v for k, v in env.items() if k != "VLLM_CACHE_ROOT"}
     out["HF_HOME"] = hf_home(env)
     out.update({k: v for k, v in cache_env(root).items() if k != "VLLM_CACHE_ROOT"})
     out["XDG_CACHE_HOME"] = root
+    if cpu:
+        out.update({k: v for k, v in CPU_ENGINE_ENV.items() if k not in env})  # a caller's own choice wins
     return out
