@@ -17,6 +17,8 @@ ROWS = (
     ("cluster_formation", "cluster formation (worker start to head sees 2 GPU nodes)", "lower"),
     ("cold_start", "cold start to the first token", "lower"),
     ("serving_throughput", "serving throughput (output tok/s, highest concurrency)", "higher"),
+    ("warm_restart", "second start on warm compile caches / first start (spark-vllm alone)", "lower"),
+    ("recovery", "recovery after a lost worker / cold start (spark-vllm alone)", "lower"),
 )
 
 

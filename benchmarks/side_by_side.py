@@ -19,6 +19,8 @@ the median of the pairs with its spread (min, max):
   cold-started server at concurrency 1, 4 and 16: one untimed run at 16, then each
   level's median of three runs, with the CPU seconds of every process of both Sparks
   during each run (benchmarks.cpu_profile). Ratios at every concurrency.
+- warm_restart and recovery (benchmarks.restarts): a second start on warm compile
+  caches against the first, and the in-process recovery against a cold start.
 
 Writes benchmarks/results/latest.json and the PNG plots next to it. Needs root.
 
@@ -39,14 +41,15 @@ import threading
 import time
 from pathlib import Path
 
-from orchestrator.sim.namespaces import netns
+from orchestrator.sim.namespaces import caches, netns
 from orchestrator.sim.demo.run import SIM_VLLM_FLAGS
 from orchestrator.sim.models.tinymodel import make_tiny_model
 
-from . import cpu_profile, shell_flow
+from . import cpu_profile, restarts, shell_flow
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
+CACHES = RESULTS / "cache"  # each simulated Spark's compile caches (node0, node1), warm between runs
 PY = sys.executable
 PORT = 8000
 RAY_PORT = 6379
@@ -154,7 +157,8 @@ class Bench:
 
     def proc(self, node, argv, env, name) -> Proc:
         self.runs += 1
-        return Proc(node, argv, env, self.workdir / f"{self.runs:02d}-{name}.log")
+        # Both flows: each simulated Spark compiles into its own caches, kept between runs.
+        return Proc(node, argv, caches.node_env(env, CACHES, node.index), self.workdir / f"{self.runs:02d}-{name}.log")
 
     def ours(self, node, *args: str) -> list[str]:
         return [PY, "-m", "launch", *args, "--simulate", "--sysfs-root", node.sysfs_root]
@@ -384,7 +388,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--pairs", type=int, default=3, help="cold-start (and serving) pairs (default 3)")
     p.add_argument("--cluster-pairs", type=int, default=5, help="cluster-formation pairs (default 5)")
     p.add_argument("--discovery-rounds", type=int, default=7, help="discovery pairs (default 7)")
-    p.add_argument("--only", nargs="*", choices=("discovery", "cluster_formation", "cold_start"),
+    p.add_argument("--only", nargs="*", choices=("discovery", "cluster_formation", "cold_start", "restarts"),
                    help="run only these scenarios")
     p.add_argument("--no-serving", action="store_true", help="skip the throughput runs after each cold start")
     p.add_argument("--no-warmup", dest="warmup", action="store_false",
@@ -395,7 +399,7 @@ def main(argv: list[str] | None = None) -> int:
     if reason:
         say(reason)
         return 1
-    only = set(args.only or ("discovery", "cluster_formation", "cold_start"))
+    only = set(args.only or ("discovery", "cluster_formation", "cold_start", "restarts"))
     report: dict = {"machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
                                 "kernel": platform.release()},
                     "note": "CPU simulation: two network-namespace Sparks sharing one machine's cores; "
@@ -446,9 +450,12 @@ def main(argv: list[str] | None = None) -> int:
                     scen["serving_throughput"] = serving_scenario(pairs)
         finally:
             clear(net)
+    if "restarts" in only:  # its own simulated Sparks, each node's caches emptied first
+        scen.update(restarts.measure(say=say))
     report["scenarios"] = scen
     report["ratios"] = {k: scen[k]["ratio"] for k in ("discovery", "cluster_formation", "cold_start",
-                                                        "serving_throughput") if k in scen}
+                                                        "serving_throughput", "warm_restart", "recovery")
+                        if k in scen}
     report["join_detection_s"] = scen.get("join_detection", {}).get("seconds")
     report["goals"] = goals(report["ratios"], report["join_detection_s"], scen.get("serving_throughput"))
     report["wall_s"] = round(time.monotonic() - t_all, 1)
@@ -467,7 +474,7 @@ def main(argv: list[str] | None = None) -> int:
 
 # The goals: (ratio, bound, "max" = at most / "min" = at least).
 GOALS = {"discovery": (0.5, "max"), "cluster_formation": (0.6, "max"), "cold_start": (0.75, "max"),
-         "serving_throughput": (0.98, "min")}
+         "serving_throughput": (0.98, "min"), "warm_restart": (0.6, "max"), "recovery": (0.5, "max")}
 
 
 # Serving through spark-vllm against the same server started by hand, at each concurrency.

@@ -22,13 +22,16 @@ def register(sub, settings: Settings) -> None:
     csub = p.add_subparsers(dest="action", metavar="ACTION", required=True)
     r = csub.add_parser("run", help="start this Spark's container (head, or worker with --worker HEAD_IP)",
                         usage="spark-vllm container run [--head | --worker HEAD_IP] [--image IMAGE] "
-                              "[--dry-run] [MODEL and vllm serve flags]")
+                              "[--no-cache-dirs] [--dry-run] [MODEL and vllm serve flags]")
     role = r.add_mutually_exclusive_group()
     role.add_argument("--head", action="store_true", help="this Spark is the head (default)")
     role.add_argument("--worker", metavar="HEAD_IP", help="join the head at HEAD_IP")
     r.add_argument("--image", default=container.DEFAULT_IMAGE, help=f"image (default {container.DEFAULT_IMAGE})")
     r.add_argument("--name", default=container.DEFAULT_NAME, help="container name")
     r.add_argument("--shm-size", default="16g", help="shared memory for NCCL (default 16g)")
+    r.add_argument("--no-cache-dirs", dest="cache_dirs", action="store_false",
+                   help="do not mount the compile caches (vLLM, Triton, inductor, FlashInfer) from "
+                        "~/.cache/spark-vllm/container: every start compiles again")
     r.add_argument("--dry-run", action="store_true", help="print the docker command, run nothing")
     r.set_defaults(func=run_container, accepts_extra=True)
     for action, text in (("stop", "stop the container (SIGTERM: spark-vllm drains, then exits)"),
@@ -54,12 +57,16 @@ def passed_env(settings: Settings) -> tuple[tuple[str, str], ...]:
 def run_container(args: argparse.Namespace, settings: Settings) -> int:
     req = container.RunRequest(head_ip=args.worker or settings.head_ip, worker=bool(args.worker),
                                image=args.image, name=args.name, serve_args=tuple(args.extra),
-                               env=passed_env(settings), shm_size=args.shm_size)
-    plan = container.plan_run(req, container.host_facts(os.environ))
+                               env=passed_env(settings), shm_size=args.shm_size, cache_dirs=args.cache_dirs)
+    host = container.host_facts(os.environ)
+    plan = container.plan_run(req, host)
     if args.dry_run:
         print(shlex.join(plan.argv()))
         return 0
     docker = container.check_docker()
+    if req.cache_dirs and host.cache_dir:
+        # Ours, not one Docker would create as root for a missing mount source.
+        os.makedirs(host.cache_dir, exist_ok=True)
     return subprocess.run([docker, *plan.argv()[1:]]).returncode
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from orchestrator.sim.namespaces import netns
+from orchestrator.sim.namespaces import caches, netns
 
 from conftest import PREFIX, RAY_TOKEN, REPO, clean_env
 
@@ -87,16 +87,18 @@ class Sparks:
             self.base_env.pop(k, None)
         self.procs: list[NodeProc] = []
 
-    def env(self, extra: dict[str, str] | None) -> dict[str, str]:
-        return {**self.base_env, **(extra or {})}
+    def env(self, extra: dict[str, str] | None, node: netns.SimNode | None = None) -> dict[str, str]:
+        """The environment of a process in `node` (default the head): its own compile caches."""
+        return caches.node_env({**self.base_env, **(extra or {})}, self.tmp / "caches", (node or self.head_node).index)
 
     def head(self, *args: str, env: dict[str, str] | None = None) -> NodeProc:
-        p = NodeProc(self.head_node, "head", args, self.env(env), self.tmp)
+        p = NodeProc(self.head_node, "head", args, self.env(env, self.head_node), self.tmp)
         self.procs.append(p)
         return p
 
     def worker(self, *args: str, env: dict[str, str] | None = None, head_ip: str = HEAD_IP) -> NodeProc:
-        p = NodeProc(self.worker_node, "worker", ("--head-ip", head_ip, *args), self.env(env), self.tmp)
+        p = NodeProc(self.worker_node, "worker", ("--head-ip", head_ip, *args), self.env(env, self.worker_node),
+                     self.tmp)
         self.procs.append(p)
         return p
 
@@ -107,7 +109,7 @@ class Sparks:
         cmd, *rest = args
         flags = ("--sysfs-root", node.sysfs_root) if sysfs else ()
         return node.run(sys.executable, "-m", "launch", cmd, *flags, *rest,
-                        env=self.env(env), capture_output=True, text=True, timeout=timeout, cwd=REPO)
+                        env=self.env(env, node), capture_output=True, text=True, timeout=timeout, cwd=REPO)
 
     def status(self, node: netns.SimNode, *args: str, env: dict[str, str] | None = None):
         r = self.cli(node, "status", "--json", "--head-ip", HEAD_IP, *args, env=env)

@@ -127,3 +127,37 @@ def test_a_level_keeps_its_median_run_and_every_runs_figure():
     assert chosen["output_tok_s"] == 1900.0 and chosen["ttft_p50_ms"] == 45.0  # one real run, not a mix
     assert chosen["runs_output_tok_s"] == [2000.0, 1300.0, 1900.0]
     assert "runs_output_tok_s" not in runs[2]
+
+
+def test_restart_rows_and_goals():
+    warm, rec = spread([0.5, 0.7]), spread([0.45, 0.55])
+    ratios = {"warm_restart": warm, "recovery": rec}
+    g = goals(ratios, None)
+    assert g["warm_restart"] == {"goal": "<= 0.6", "median": 0.6, "met": True}
+    assert g["recovery"]["goal"] == "<= 0.5" and g["recovery"]["met"] is True
+    table = markdown({"ratios": ratios, "goals": g})
+    assert "| second start on warm compile caches / first start (spark-vllm alone) | 0.60 (0.50 to 0.70, n=2) " \
+           "| lower | <= 0.6 | yes |" in table
+
+
+def test_vllm_phases_read_from_its_log_lines():
+    from benchmarks.restarts import vllm_phases
+
+    log = "\n".join([
+        "(RayWorkerProc pid=5, ip=192.168.100.11) INFO 12-02 04:46:34 [cpu_model_runner.py:87] "
+        "Warming up model for the compilation...",
+        "(RayWorkerProc pid=4) INFO 12-02 04:46:35 [cpu_model_runner.py:87] Warming up model for the compilation...",
+        "(RayWorkerProc pid=4) WARNING 12-02 04:46:42 [decorators.py:333] [backbone] Compiling model again due "
+        "to a load failure from /c/rank_0_0/model, reason: 'function' object has no attribute 'finalize_loading'",
+        "(RayWorkerProc pid=4) INFO 12-02 04:46:53 [decorators.py:743] [backbone] saved AOT compiled function to /c",
+        "(RayWorkerProc pid=4) INFO 12-02 04:46:53 [cpu_worker.py:90] Warming up done.",
+        "(RayWorkerProc pid=5, ip=192.168.100.11) INFO 12-02 04:46:55 [decorators.py:743] saved AOT compiled "
+        "function to /d",
+        "(RayWorkerProc pid=5, ip=192.168.100.11) INFO 12-02 04:46:55 [cpu_worker.py:90] Warming up done.",
+        "(EngineCore pid=3) INFO 12-02 04:46:58 [core.py:403] init engine (profile, create kv cache, warmup model) "
+        "took 24.31 s",
+    ])
+    got = vllm_phases(log)
+    assert got == {"compile_s": 21.0, "init_engine_s": 24.31, "cache_loaded": 0, "load_failures": 1,
+                   "load_failure_reason": "'function' object has no attribute 'finalize_loading'"}
+    assert vllm_phases("")["compile_s"] is None

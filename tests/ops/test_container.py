@@ -11,12 +11,16 @@ import pytest
 
 from launch.exitcodes import exit_code_for
 from orchestrator import errors
+from orchestrator.ops.deployment.caches import cache_env
 from orchestrator.ops.deployment.container import GROUP_FIX, HostFacts, RunRequest, diagnose, plan_run
 
 from conftest import REPO, clean_env
 
 SPARK = HostFacts(infiniband=True, hf_cache="/home/me/.cache/huggingface", ray_dir="/home/me/.ray",
-                  secrets_set=("HF_TOKEN",))
+                  secrets_set=("HF_TOKEN",), cache_dir="/home/me/.cache/spark-vllm/container")
+CACHE_VARS = {"VLLM_CACHE_ROOT": "/root/.cache/spark-vllm/vllm", "TRITON_CACHE_DIR": "/root/.cache/spark-vllm/triton",
+              "TORCHINDUCTOR_CACHE_DIR": "/root/.cache/spark-vllm/torchinductor",
+              "FLASHINFER_WORKSPACE_BASE": "/root/.cache/spark-vllm/flashinfer"}
 
 
 def pairs(argv: list[str]) -> set[tuple[str, str]]:
@@ -34,6 +38,28 @@ def test_head_plan_has_everything_multi_node_vllm_needs():
         assert flag in pairs(argv), flag
     assert "--init" in argv and "-d" in argv
     assert argv[-5:] == ["spark-vllm", "serve", "Qwen/Qwen3-8B", "--max-model-len", "32768"]
+
+
+def test_cache_env_puts_every_cache_under_the_root():
+    assert cache_env("/root/.cache/spark-vllm") == CACHE_VARS
+    assert cache_env("/c/") == {k: v.replace("/root/.cache/spark-vllm", "/c") for k, v in CACHE_VARS.items()}
+
+
+@pytest.mark.parametrize("worker", [False, True])
+def test_compile_caches_are_mounted_from_one_host_folder(worker):
+    argv = plan_run(RunRequest("192.168.100.10" if worker else None, worker), SPARK).argv()
+    assert ("-v", "/home/me/.cache/spark-vllm/container:/root/.cache/spark-vllm") in pairs(argv)
+    assert {(k, v) for k, v in CACHE_VARS.items()} <= {tuple(e.split("=", 1)) for f, e in pairs(argv) if f == "-e"}
+    # Every cache variable points inside the mounted folder.
+    assert all(v.startswith("/root/.cache/spark-vllm/") for v in CACHE_VARS.values())
+
+
+def test_no_cache_dirs_mounts_and_sets_none():
+    argv = plan_run(RunRequest(None, False, cache_dirs=False), SPARK).argv()
+    assert not any("spark-vllm/container" in a or a.split("=")[0] in CACHE_VARS for a in argv)
+    assert ("-v", "/home/me/.cache/huggingface:/root/.cache/huggingface") in pairs(argv)  # the rest stays
+    no_folder = plan_run(RunRequest(None, False), HostFacts(infiniband=False, hf_cache="/c")).argv()
+    assert not any(a.startswith("VLLM_CACHE_ROOT=") for a in no_folder)
 
 
 def test_worker_plan_and_env_and_no_infiniband():
@@ -107,6 +133,9 @@ def test_run_calls_docker_with_the_plan_and_never_the_token(tmp_path):
     assert calls[0].startswith("info") and calls[1].startswith("run -d --name spark-vllm --init")
     assert calls[1].endswith("-e SPARK_VLLM_HEAD_IP=192.168.100.10 -e HF_TOKEN spark-vllm worker")
     assert "hf_secret_value" not in log.read_text() + r.stdout + r.stderr
+    # The caches' host folder is made by us before docker runs (not by Docker, as root).
+    assert f"-v {os.fspath(tmp_path)}/.cache/spark-vllm/container:/root/.cache/spark-vllm" in calls[1]
+    assert (tmp_path / ".cache" / "spark-vllm" / "container").is_dir()
 
 
 def test_dry_run_prints_and_needs_no_docker(tmp_path):
@@ -116,4 +145,14 @@ def test_dry_run_prints_and_needs_no_docker(tmp_path):
     assert r.stdout.startswith("docker run -d --name spark-vllm --init ")
     assert r.stdout.rstrip().endswith("-e HF_TOKEN spark-vllm serve Qwen/Qwen3-8B --max-model-len 32768")
     assert f"-v {os.fspath(tmp_path)}/.cache/huggingface:/root/.cache/huggingface" in r.stdout
+    assert f"-v {os.fspath(tmp_path)}/.cache/spark-vllm/container:/root/.cache/spark-vllm" in r.stdout
+    assert "-e VLLM_CACHE_ROOT=/root/.cache/spark-vllm/vllm" in r.stdout
     assert "hf_secret_value" not in r.stdout
+    assert not (tmp_path / ".cache").exists()  # a dry run makes nothing
+
+
+def test_dry_run_without_cache_dirs(tmp_path):
+    r = container_cli(tmp_path, "run", "--dry-run", "--no-cache-dirs", "Qwen/Qwen3-8B", docker=None)
+    assert r.returncode == 0, r.stderr
+    assert "spark-vllm/container" not in r.stdout and "VLLM_CACHE_ROOT" not in r.stdout
+    assert r.stdout.rstrip().endswith("spark-vllm serve Qwen/Qwen3-8B")

@@ -145,3 +145,43 @@ def test_demo_reads_its_own_lines_through_vllms_prefix(line, want):
     from orchestrator.sim.demo.run import own_line
 
     assert own_line(line) == want
+
+
+# --- each simulated Spark's own compile caches ------------------------------------------
+def test_each_node_gets_its_own_cache_folders(tmp_path):
+    from orchestrator.sim.namespaces.caches import node_env
+
+    env = {"HOME": "/home/me", "VLLM_CACHE_ROOT": "/shared/vllm", "PATH": "/bin"}
+    head, worker = node_env(env, tmp_path, 0), node_env(env, tmp_path, 1)
+    for i, e in enumerate((head, worker)):
+        root = str(tmp_path / f"node{i}")
+        assert e["XDG_CACHE_HOME"] == root  # vLLM's root: $XDG_CACHE_HOME/vllm
+        assert e["TORCHINDUCTOR_CACHE_DIR"] == f"{root}/torchinductor"
+        assert e["TRITON_CACHE_DIR"] == f"{root}/triton"
+        assert e["FLASHINFER_WORKSPACE_BASE"] == f"{root}/flashinfer"
+        assert "VLLM_CACHE_ROOT" not in e and e["PATH"] == "/bin"
+        # The Hugging Face cache stays where it was: one model download for both.
+        assert e["HF_HOME"] == "/home/me/.cache/huggingface"
+    assert env["VLLM_CACHE_ROOT"] == "/shared/vllm"  # the caller's mapping is left alone
+    # The CPU build cannot load its AOT artifact: off on the CPU engine, vLLM's default on CUDA,
+    # and a caller's own choice wins.
+    assert head["VLLM_USE_AOT_COMPILE"] == "0"
+    assert "VLLM_USE_AOT_COMPILE" not in node_env(env, tmp_path, 0, cpu=False)
+    assert node_env({"VLLM_USE_AOT_COMPILE": "1"}, tmp_path, 0)["VLLM_USE_AOT_COMPILE"] == "1"
+    assert node_env({"HF_HOME": "/hf", "XDG_CACHE_HOME": "/x"}, tmp_path, 0)["HF_HOME"] == "/hf"
+    assert node_env({"XDG_CACHE_HOME": "/x"}, tmp_path, 0)["HF_HOME"] == "/x/huggingface"
+
+
+def test_what_vllm_copies_from_the_head_never_points_the_worker_at_the_heads_caches(tmp_path):
+    """vLLM's Ray executor copies variables from the head's engine to every worker
+    (its real list here): none of them may carry the head's cache folder."""
+    from vllm.ray import ray_env
+
+    from orchestrator.sim.namespaces.caches import node_env
+
+    head = node_env({"HOME": "/home/me"}, tmp_path, 0)
+    copied = ray_env.get_env_vars_to_copy() | {
+        k for k in head if any(k.startswith(p) for p in ray_env.DEFAULT_ENV_VAR_PREFIXES)}
+    assert "VLLM_CACHE_ROOT" in copied  # why node_env does not set it
+    leaked = {k: head[k] for k in copied if k in head and "node0" in head[k]}
+    assert not leaked

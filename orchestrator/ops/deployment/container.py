@@ -3,7 +3,9 @@ planned as a value (`plan_run`, pure), and the checks that Docker can be used.
 
 Replaces the playbook's `run_cluster.sh`. The container runs under `--init` (Docker's
 tini as PID 1): it forwards SIGTERM/SIGINT to spark-vllm and reaps the orphans Ray
-leaves behind, so spark-vllm itself never has to be an init.
+leaves behind, so spark-vllm itself never has to be an init. The compile caches (vLLM's,
+Triton's, inductor's, FlashInfer's) live in one host folder mounted into the container,
+so a restart (the restart policy's too) loads what the first start compiled.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from dataclasses import dataclass
 from typing import Mapping
 
 from ...errors import ContainerError, UsageError
+from .caches import cache_env
 
 DEFAULT_IMAGE = "spark-vllm"
 DEFAULT_NAME = "spark-vllm"
@@ -21,6 +24,8 @@ HF_CACHE_IN_CONTAINER = "/root/.cache/huggingface"
 # Ray's token file (token auth is on by default) lives in ~/.ray/auth_token: mounted, so
 # the head's token reaches the host (to copy to the other Spark) and survives restarts.
 RAY_DIR_IN_CONTAINER = "/root/.ray"
+# The compile caches' host folder is mounted here, the cache variables pointing inside.
+CACHE_IN_CONTAINER = "/root/.cache/spark-vllm"
 # Passed by name only (`-e NAME`): docker copies the value from the caller's
 # environment, so a secret never appears in the command line or in `--dry-run`.
 SECRETS = ("HF_TOKEN", "RAY_AUTH_TOKEN")
@@ -34,6 +39,7 @@ class HostFacts:
     infiniband: bool  # /dev/infiniband exists (RoCE verbs for NCCL)
     hf_cache: str  # the host's Hugging Face cache folder
     ray_dir: str = ""  # the host's ~/.ray (Ray's token file); "" to mount none
+    cache_dir: str = ""  # the host folder for the compile caches; "" to mount none
     secrets_set: tuple[str, ...] = ()  # which of SECRETS are set (names only)
 
 
@@ -47,6 +53,7 @@ class RunRequest:
     env: tuple[tuple[str, str], ...] = ()  # SPARK_VLLM_* to pass on
     shm_size: str = "16g"
     restart: str = "unless-stopped"
+    cache_dirs: bool = True  # mount the host's compile caches (--no-cache-dirs: off)
 
 
 @dataclass(frozen=True)
@@ -72,6 +79,10 @@ def plan_run(req: RunRequest, host: HostFacts) -> RunPlan:
     opts += ["-v", f"{host.hf_cache}:{HF_CACHE_IN_CONTAINER}"]
     if host.ray_dir:
         opts += ["-v", f"{host.ray_dir}:{RAY_DIR_IN_CONTAINER}"]
+    if req.cache_dirs and host.cache_dir:
+        opts += ["-v", f"{host.cache_dir}:{CACHE_IN_CONTAINER}"]
+        for k, v in cache_env(CACHE_IN_CONTAINER).items():
+            opts += ["-e", f"{k}={v}"]
     env = dict(req.env)
     if req.head_ip:
         env["SPARK_VLLM_HEAD_IP"] = req.head_ip
@@ -88,8 +99,9 @@ def host_facts(environ: Mapping[str, str]) -> HostFacts:
 
     home = environ.get("HOME", "/root")
     cache = environ.get("HF_HOME") or f"{home}/.cache/huggingface"
-    return HostFacts(os.path.isdir("/dev/infiniband"), cache, f"{home}/.ray",
-                     tuple(s for s in SECRETS if environ.get(s)))
+    return HostFacts(os.path.isdir("/dev/infiniband"), cache, ray_dir=f"{home}/.ray",
+                     secrets_set=tuple(s for s in SECRETS if environ.get(s)),
+                     cache_dir=f"{home}/.cache/spark-vllm/container")
 
 
 def diagnose(stderr: str) -> ContainerError:

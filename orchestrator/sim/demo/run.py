@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from ..namespaces import gpusim, netns
+from ..namespaces import caches, gpusim, netns
 from ..models import smollm
 from ...errors import SimulationError
 from .greedy import EXACT_FLAGS, NEAR_TIE, Agreement, hold_against_reference
@@ -136,10 +136,13 @@ def wait_ready(head: NodeRun, others: list[NodeRun], timeout: float, event: str 
 
 def start_serve(node: netns.SimNode, label: str, workdir: Path, on_line: Callable[[str, str], None],
                 *args: str, python: str = sys.executable, env: dict[str, str] | None = None,
-                mode: tuple[str, ...] = ("--simulate",)) -> NodeRun:
+                mode: tuple[str, ...] = ("--simulate",), cache_base: Path | None = None) -> NodeRun:
     """`spark-vllm serve ARGS --simulate` in a simulated Spark (also: a worker started
     again, as a restart policy would, with `SimCluster.env()`), its log in `workdir/LABEL.log`.
-    `mode` () is the GPU simulation: real GPUs, no --simulate."""
+    `mode` () is the GPU simulation: real GPUs, no --simulate. The node's compile caches
+    are its own, under `cache_base` (default `workdir/caches`: a restart finds them)."""
+    env = caches.node_env(os.environ if env is None else env, cache_base or workdir / "caches", node.index,
+                          cpu="--simulate" in mode)
     proc = node.popen(python, "-m", "launch", "serve", *args, *mode, *node.cli_flags(), env=env,
                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1)
     return NodeRun(label, proc, workdir / f"{label}.log", on_line)
@@ -182,13 +185,14 @@ def simulated_sparks(nodes: int, prefix: str, loopback: bool, on_line: Callable[
 def serving_cluster(workdir: Path, model: str, on_line: Callable[[str, str], None], nodes: int = 2,
                     flags: tuple[str, ...] = (), timeout: float = 420.0, python: str = sys.executable,
                     prefix: str = "sparkdemo", loopback: bool = False, api_key: str | None = None,
-                    gpu: bool = False):
+                    gpu: bool = False, cache_base: Path | None = None):
     """`spark-vllm serve` on N simulated Sparks, ready; torn down on exit whatever happens.
 
     Ray token authentication is on (spark-vllm's default) with the token in `workdir`:
     the simulated Sparks share one filesystem, so the head's file is already "copied".
     `api_key` reaches vLLM as VLLM_API_KEY (not on the command line, where `ps` shows it).
-    `gpu`: the GPU simulation (one real GPU each, vLLM's CUDA engine) instead of the CPU one."""
+    `gpu`: the GPU simulation (one real GPU each, vLLM's CUDA engine) instead of the CPU one.
+    Each node compiles into its own caches under `cache_base` (default `workdir/caches`)."""
     if gpu:
         gpusim.check_gpus(nodes)
     env = {**os.environ, TOKEN_VAR: str(workdir / "ray-token")}
@@ -203,7 +207,7 @@ def serving_cluster(workdir: Path, model: str, on_line: Callable[[str, str], Non
             extra = {"VLLM_API_KEY": api_key} if api_key and label == "head" else {}
             extra.update(gpusim.gpu_env(index) if gpu else {})
             return start_serve(node, label, workdir, on_line, *args, "--nodes", str(nodes), python=python,
-                               env={**env, **extra}, mode=mode)
+                               env={**env, **extra}, mode=mode, cache_base=cache_base)
 
         head = start("head", 0, head_node, model, "--port", str(PORT), "--wait-timeout", "180",
                      *(GPU_VLLM_FLAGS if gpu else SIM_VLLM_FLAGS), *flags)
@@ -252,8 +256,10 @@ def run_demo(workdir: Path, on_line: Callable[[str, str], None], models_dir: Pat
     t1 = time.monotonic()
     flags = (*EXACT_FLAGS, "--served-model-name", name)
     api_key = secrets.token_urlsafe(24)  # this run's own; never shown
+    # The nodes' compile caches next to the cached model: a second demo loads what the first compiled.
     with serving_cluster(workdir, path, on_line, flags=flags, timeout=timeout, python=python,
-                         loopback=loopback, api_key=api_key, gpu=gpu) as sim:
+                         loopback=loopback, api_key=api_key, gpu=gpu,
+                         cache_base=models_dir.parent / "sim-caches") as sim:
         timings["cluster_and_engine"] = time.monotonic() - t1
         t2 = time.monotonic()
         out = sim.client().run(python, "-m", "orchestrator.sim.demo.client", sim.url, name,
