@@ -57,12 +57,12 @@ def register(sub, settings: Settings) -> None:
     p = sub.add_parser("head", help="start this Spark as the Ray head and wait for the GPU nodes")
     add_network_options(p, settings)
     add_cluster_options(p, settings)
-    p.set_defaults(func=run_head)
+    p.set_defaults(func=run_head, needs_ray=True)
 
     p = sub.add_parser("worker", help="join the head's Ray cluster and stay joined")
     add_network_options(p, settings)
     add_cluster_options(p, settings)
-    p.set_defaults(func=run_worker)
+    p.set_defaults(func=run_worker, needs_ray=True)
 
     p = sub.add_parser("status", help="nodes in the cluster, completeness, and the server's health")
     add_network_options(p, settings)
@@ -71,7 +71,7 @@ def register(sub, settings: Settings) -> None:
     p.add_argument("--server-url", default=None, help="vLLM server to check (default http://HEAD:8000)")
     add_auth_options(p, settings)
     add_json(p)
-    p.set_defaults(func=run_status)
+    p.set_defaults(func=run_status, needs_ray=True)
 
     p = sub.add_parser("stop", help="stop this machine's spark-vllm node (Ray, and vLLM if serving)")
     add_network_options(p, settings)

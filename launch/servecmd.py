@@ -48,7 +48,7 @@ def register(sub, settings: Settings) -> None:
     g.add_argument("--rejoin-timeout", type=float, default=recovery.DEFAULT_REJOIN_TIMEOUT, metavar="S",
                    help="seconds a lost node has to rejoin before the head exits with code 7 "
                         f"(default {recovery.DEFAULT_REJOIN_TIMEOUT:g})")
-    p.set_defaults(func=run_serve, accepts_extra=True)
+    p.set_defaults(func=run_serve, accepts_extra=True, needs_ray=True)
 
 
 @contextlib.contextmanager
