@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from orchestrator.cluster import membership, ray_node, runstate, versions
 from orchestrator.cluster.auth import AuthPlan, ensure_token, plan_auth
-from orchestrator.cluster.bootstrap import NodePlan, NodeRequest, bring_up, plan_node
+from orchestrator.cluster.bootstrap import NodePlan, NodeRequest, attached_request, bring_up, plan_node
 from orchestrator.cluster.ray_node import ClusterOptions
 from orchestrator.errors import ClusterError, ClusterIncomplete, Stopped, UsageError
 from orchestrator.serve.health import api_key_state, health_state
@@ -99,10 +99,16 @@ def log_start_summary(args: argparse.Namespace, settings: Settings) -> None:
                                          for n, v, src in settings.sources(chosen)))
 
 
-def make_plan(args: argparse.Namespace, settings: Settings) -> NodePlan:
+def make_plan(args: argparse.Namespace, settings: Settings, attached: bool = False) -> NodePlan:
+    """`attached` (serve inside `ray job submit`): the network of the node running here."""
     log_start_summary(args, settings)
     found = discover_here(args)
-    return plan_node(node_request(args), found, os.environ)
+    req = node_request(args)
+    if attached and (rec := runstate.local_node(this_machines_nodes(args, found))):
+        if (from_record := attached_request(req, rec)) != req:
+            log.info("network of the %s running here: %s on %s (its run record)", rec.role, rec.node_ip, rec.iface)
+        req = from_record
+    return plan_node(req, found, os.environ)
 
 
 @contextlib.contextmanager
@@ -158,8 +164,10 @@ def form_cluster(plan: NodePlan, node, address: str) -> ClusterState:
     ray_node.connect_driver(address, c.node_ip)
     log.info("waiting for %d GPU node(s) (up to %g s)", c.nodes, c.wait_timeout)
     state = membership.wait_for_nodes(c.nodes, c.wait_timeout, alive=node.dead_processes if node else list)
-    versions.check_versions(state, c.allow_version_skew)
+    reports = versions.check_versions(state, c.allow_version_skew)
     log.info("cluster complete: %s; versions match", state.summary())
+    for ip, report in reports.items():
+        log.info("node %s: %s", ip, versions.describe(report))
     return state
 
 
@@ -191,9 +199,9 @@ def run_worker_plan(plan: NodePlan) -> int:
     return 0
 
 
-def this_machines_nodes(args: argparse.Namespace) -> list[runstate.RunRecord]:
+def this_machines_nodes(args: argparse.Namespace, found=None) -> list[runstate.RunRecord]:
     """The live run records of spark-vllm nodes on this machine's addresses."""
-    found = discover_here(args)
+    found = found or discover_here(args)
     addresses = [a for i in found.interfaces for a in i.addresses] + ([args.node_ip] if args.node_ip else [])
     return runstate.records_for(runstate.run_dir(os.environ), addresses)
 
@@ -255,22 +263,36 @@ def attached(args: argparse.Namespace):
 def run_status(args: argparse.Namespace, settings: Settings) -> int:
     with attached(args) as (target, auth):
         state = ray_node.cluster_state(args.nodes)
+        reports = node_versions(state)
     url = target.server_url.rstrip("/")
     health = health_state(url + "/health")
     api_key = api_key_state(url) if health == "healthy" else "unknown"
     if args.json:
-        print_json({"nodes": [n.to_json() for n in state.nodes], "complete": state.complete,
+        print_json({"nodes": [{**n.to_json(), "versions": reports.get(n.ip) if n.alive else None}
+                              for n in state.nodes], "complete": state.complete,
                     "gpu_nodes": len(state.gpu_nodes), "want": args.nodes, "gpus": state.gpus,
                     "server": {"url": url, "health": health},
                     "auth": {"ray_token": "on" if auth.enabled else "off", "api_key": api_key}})
     else:
-        rows = [[n.ip, "head" if n.head else "worker", "alive" if n.alive else "dead", f"{n.gpus:g}"]
-                for n in state.nodes]
-        print(table(rows, ["NODE", "ROLE", "STATE", "GPUS"]))
+        # A restarted node shows twice, dead then alive: versions on the alive row only.
+        shown = [(n, (reports.get(n.ip) if n.alive else None) or {}) for n in state.nodes]
+        rows = [[n.ip, "head" if n.head else "worker", "alive" if n.alive else "dead", f"{n.gpus:g}",
+                 *[v.get(key) or "-" for key, _ in versions.SHOWN]] for n, v in shown]
+        print(table(rows, ["NODE", "ROLE", "STATE", "GPUS", *[name.upper() for _, name in versions.SHOWN]]))
         print(f"\ncluster: {'complete' if state.complete else 'INCOMPLETE'} ({state.summary()})")
         print(f"server:  {url} {health}")
         print(f"auth:    Ray token {'on' if auth.enabled else 'off'}, API key {api_key}")
     return 0 if state.complete else exit_code_for(ClusterIncomplete(state.summary()))
+
+
+def node_versions(state: ClusterState) -> dict[str, dict]:
+    """Each alive node's Ray, vLLM, torch and NCCL versions; {} (and a warning) when a node
+    does not answer, so `status` still shows the rest."""
+    try:
+        return versions.collect_reports(state, timeout=30)
+    except ClusterError as exc:
+        log.warning("%s", exc)
+        return {}
 
 
 def run_stop(args: argparse.Namespace, settings: Settings) -> int:

@@ -79,7 +79,7 @@ def run_serve(args: argparse.Namespace, settings: Settings) -> int:
     if args.simulate:
         # Before vLLM is imported: it chooses its platform (the simulation's plugin) once.
         os.environ[SIMULATE_VAR] = "1"
-    plan = make_plan(args, settings)
+    plan = make_plan(args, settings, attached=bool(ray_node.attach_address(os.environ)))
     if plan.role == "worker":
         if args.extra:
             log.info("on a worker the vLLM flags are not used (the head runs the server)")

@@ -103,3 +103,19 @@ def test_commands_without_ray_still_run_below_the_minimum(old_ray_first):
     r = subprocess.run([sys.executable, "-m", "launch", "models", "--json"], env=old_ray_first,
                        capture_output=True, text=True, timeout=60, cwd=REPO)
     assert r.returncode == 0 and '"models"' in r.stdout, r.stderr
+
+
+# --- `make compat`'s pure parts (benchmarks/ray_compat.py) ---------------------------------
+def test_compat_reads_the_newest_ray_from_pip_index():
+    from benchmarks.ray_compat import newest_ray
+
+    out = "ray (2.60.0)\nAvailable versions: 2.60.0, 2.59.0, 2.52.1\n  INSTALLED: 2.60.0\n"
+    assert newest_ray(out) == "2.60.0"
+    assert newest_ray("ray (2.61.0)\n") == "2.61.0"
+
+
+def test_compat_installs_the_project_requirements_but_its_ray():
+    from benchmarks.ray_compat import project_requirements
+
+    reqs = project_requirements((REPO / "pyproject.toml").read_text())
+    assert reqs and not any(r.startswith("ray") for r in reqs) and any(r.startswith("psutil") for r in reqs)
