@@ -6,20 +6,23 @@ the installed version is read from package metadata, before Ray is imported, and
 Ray below the minimum stops the command in one line naming the Ray it needs. Why
 2.52: spark-vllm turns Ray's token authentication on by default, and Ray has it from
 2.52 (`ray._private.authentication`); an older Ray cannot form a protected cluster.
+
+Known differences that need no code: Ray 2.52 does not read
+RAY_DISABLE_FAILURE_SIGNAL_HANDLER (2.53 on does), so a 2.52 driver stopped by SIGTERM
+prints Ray's C++ stack dump; Ray 2.60's `ray start --head` turns token auth on by itself
+when ~/.ray/auth_token exists (spark-vllm sets RAY_AUTH_MODE itself on every node).
+The node API used in ray_node.py (`Node`, `RayParams`, `check_version_info`,
+`get_cluster_metadata`, `write_ray_address`) is the same from 2.51 to 2.60.
 """
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 from importlib import metadata
 
 from ..errors import UnsupportedRay
 
 MIN_RAY = (2, 52, 0)  # pyproject.toml's `ray>=2.52` (tests/cluster/test_raycompat.py holds them equal)
-# RAY_DISABLE_FAILURE_SIGNAL_HANDLER (no C++ stack dump on SIGTERM) is read by Ray from
-# 2.53; 2.52's drivers dump their stack on SIGTERM whatever is set.
-QUIET_SIGTERM_RAY = (2, 53, 0)
 
 
 def dotted(version: tuple[int, ...]) -> str:
@@ -39,20 +42,9 @@ def parse_version(text: str) -> tuple[int, int, int]:
     return tuple(int(p or 0) for p in m.groups())  # type: ignore[return-value]
 
 
-@dataclass(frozen=True)
-class RayFeatures:
-    """What the installed Ray can do, as spark-vllm uses it."""
-
-    version: str
-    quiet_sigterm: bool  # RAY_DISABLE_FAILURE_SIGNAL_HANDLER is honoured
-
-    @classmethod
-    def of(cls, version: str) -> "RayFeatures":
-        return cls(version, parse_version(version) >= QUIET_SIGTERM_RAY)
-
-
-def check_ray(version: str | None) -> RayFeatures:
-    """Pure: the features of Ray `version` (None: not installed), or UnsupportedRay."""
+def check_ray(version: str | None) -> str:
+    """Pure: `version` when spark-vllm supports that Ray, else UnsupportedRay (None: not
+    installed)."""
     if version is None:
         raise UnsupportedRay(f"Ray is not installed; spark-vllm needs Ray {dotted(MIN_RAY[:2])} or newer",
                              INSTALL)
@@ -63,7 +55,7 @@ def check_ray(version: str | None) -> RayFeatures:
     if not supported:
         raise UnsupportedRay(f"Ray {version} is installed; spark-vllm needs Ray {dotted(MIN_RAY[:2])} or newer "
                              "for its token authentication", INSTALL)
-    return RayFeatures.of(version)
+    return version
 
 
 def installed_ray() -> str | None:
@@ -74,8 +66,8 @@ def installed_ray() -> str | None:
         return None
 
 
-def require_ray() -> RayFeatures:
-    """Before Ray is imported: the installed Ray's features, or UnsupportedRay."""
+def require_ray() -> str:
+    """Before Ray is imported: the installed Ray's version, or UnsupportedRay."""
     return check_ray(installed_ray())
 
 
