@@ -68,6 +68,11 @@ def test_a_supported_ray_forms_a_token_protected_cluster(sparks):
     if not supported(version):
         pytest.skip(f"Ray {version} is below the minimum: the next test")
     head = s.head("--nodes", "2", "--wait-timeout", str(START_S))
+    # The worker once the head's raylet runs: both simulated Sparks share one /tmp, and a
+    # worker started at once may take the head's plasma-store socket name (seen with Ray
+    # 2.52: the head's raylet then dies on "bind: Address already in use"). Real Sparks
+    # each have their own /tmp.
+    head.wait_for("Ray head started")
     worker = s.worker("--join-timeout", str(START_S))
     head.wait_for(READY, 2 * START_S, watch=(worker,))
     worker.wait_for("joined the cluster")
