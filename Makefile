@@ -44,5 +44,13 @@ COMPAT_VLLM ?= 0.27.1 0.31.0 0.32.0
 compat-vllm:
 	$(PYTHON) -m benchmarks.compat_vllm --pip-args="$(PIP_INDEX)" $(COMPAT_VLLM)
 
+# Ray's declared minimum, the newest Ray and 2.51.1 (below the minimum), each in a venv of
+# its own under ~/.cache/spark-vllm/compat, against the cluster layer on simulated Sparks
+# (as root; a few minutes a venv the first time): benchmarks/results/ray_compat.json.
+# COMPAT_FLAGS="--ray 2.55.0" picks the versions. Not part of `make test`.
+.PHONY: compat
+compat: install
+	$(PY) -m benchmarks.ray_compat $(COMPAT_FLAGS)
+
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -13,6 +13,7 @@ import os
 import sys
 
 from orchestrator import __version__, errors
+from orchestrator.cluster import raycompat
 from orchestrator.ops.observation import logs
 from orchestrator.settings import Settings
 
@@ -82,6 +83,8 @@ def main(argv: list[str] | None = None) -> int:
     args.extra = extra
     try:
         setup_logging(args)
+        if getattr(args, "needs_ray", False):
+            raycompat.require_ray()  # before Ray is imported: one line, exit 17, below the minimum
         return args.func(args, settings) or 0
     except KeyboardInterrupt:
         print("spark-vllm: interrupted", file=sys.stderr)

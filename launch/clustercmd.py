@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from orchestrator.cluster import membership, nccl, ray_node, runstate, versions
 from orchestrator.cluster.auth import AuthPlan, ensure_token, plan_auth
-from orchestrator.cluster.bootstrap import NodePlan, NodeRequest, bring_up, plan_node
+from orchestrator.cluster.bootstrap import NodePlan, NodeRequest, attached_request, bring_up, plan_node
 from orchestrator.cluster.ray_node import ClusterOptions
 from orchestrator.errors import ClusterError, ClusterIncomplete, Stopped, UsageError
 from orchestrator.ops.diagnosis.fabriccheck import status_line
@@ -61,12 +61,12 @@ def register(sub, settings: Settings) -> None:
     p = sub.add_parser("head", help="start this Spark as the Ray head and wait for the GPU nodes")
     add_network_options(p, settings)
     add_cluster_options(p, settings)
-    p.set_defaults(func=run_head)
+    p.set_defaults(func=run_head, needs_ray=True)
 
     p = sub.add_parser("worker", help="join the head's Ray cluster and stay joined")
     add_network_options(p, settings)
     add_cluster_options(p, settings)
-    p.set_defaults(func=run_worker)
+    p.set_defaults(func=run_worker, needs_ray=True)
 
     p = sub.add_parser("status", help="nodes in the cluster, completeness, and the server's health")
     add_network_options(p, settings)
@@ -75,7 +75,7 @@ def register(sub, settings: Settings) -> None:
     p.add_argument("--server-url", default=None, help="vLLM server to check (default http://HEAD:8000)")
     add_auth_options(p, settings)
     add_json(p)
-    p.set_defaults(func=run_status)
+    p.set_defaults(func=run_status, needs_ray=True)
 
     p = sub.add_parser("stop", help="stop this machine's spark-vllm node (Ray, and vLLM if serving)")
     add_network_options(p, settings)
@@ -114,10 +114,16 @@ def log_start_summary(args: argparse.Namespace, settings: Settings) -> None:
                                          for n, v, src in settings.sources(chosen)))
 
 
-def make_plan(args: argparse.Namespace, settings: Settings) -> NodePlan:
+def make_plan(args: argparse.Namespace, settings: Settings, attached: bool = False) -> NodePlan:
+    """`attached` (serve inside `ray job submit`): the network of the node running here."""
     log_start_summary(args, settings)
     found = discover_here(args)
-    return plan_node(node_request(args), found, os.environ)
+    req = node_request(args)
+    if attached and (rec := runstate.local_node(this_machines_nodes(args, found))):
+        if (from_record := attached_request(req, rec)) != req:
+            log.info("network of the %s running here: %s on %s (its run record)", rec.role, rec.node_ip, rec.iface)
+        req = from_record
+    return plan_node(req, found, os.environ)
 
 
 @contextlib.contextmanager
@@ -173,8 +179,10 @@ def form_cluster(plan: NodePlan, node, address: str) -> ClusterState:
     ray_node.connect_driver(address, c.node_ip, env=c.job_env)
     log.info("waiting for %d GPU node(s) (up to %g s)", c.nodes, c.wait_timeout)
     state = membership.wait_for_nodes(c.nodes, c.wait_timeout, alive=node.dead_processes if node else list)
-    versions.check_versions(state, c.allow_version_skew)
+    reports = versions.check_versions(state, c.allow_version_skew)
     log.info("cluster complete: %s; versions match", state.summary())
+    for ip, report in reports.items():
+        log.info("node %s: %s", ip, versions.describe(report))
     return state
 
 
@@ -206,9 +214,9 @@ def run_worker_plan(plan: NodePlan) -> int:
     return 0
 
 
-def this_machines_nodes(args: argparse.Namespace) -> list[runstate.RunRecord]:
+def this_machines_nodes(args: argparse.Namespace, found=None) -> list[runstate.RunRecord]:
     """The live run records of spark-vllm nodes on this machine's addresses."""
-    found = discover_here(args)
+    found = found or discover_here(args)
     addresses = [a for i in found.interfaces for a in i.addresses] + ([args.node_ip] if args.node_ip else [])
     return runstate.records_for(runstate.run_dir(os.environ), addresses)
 
@@ -270,26 +278,40 @@ def attached(args: argparse.Namespace):
 def run_status(args: argparse.Namespace, settings: Settings) -> int:
     with attached(args) as (target, auth):
         state = ray_node.cluster_state(args.nodes)
+        reports = node_versions(state)
     url = target.server_url.rstrip("/")
     health = health_state(url + "/health")
     api_key = api_key_state(url) if health == "healthy" else "unknown"
     head = runstate.read_record(runstate.run_dir(os.environ), target.head_ip)  # its fabric check, if here
     fabric = head.fabric if head else None
     if args.json:
-        print_json({"nodes": [n.to_json() for n in state.nodes], "complete": state.complete,
+        print_json({"nodes": [{**n.to_json(), "versions": reports.get(n.ip) if n.alive else None}
+                              for n in state.nodes], "complete": state.complete,
                     "gpu_nodes": len(state.gpu_nodes), "want": args.nodes, "gpus": state.gpus,
                     "server": {"url": url, "health": health},
                     "auth": {"ray_token": "on" if auth.enabled else "off", "api_key": api_key},
                     "fabric": fabric})
     else:
-        rows = [[n.ip, "head" if n.head else "worker", "alive" if n.alive else "dead", f"{n.gpus:g}"]
-                for n in state.nodes]
-        print(table(rows, ["NODE", "ROLE", "STATE", "GPUS"]))
+        # A restarted node shows twice, dead then alive: versions on the alive row only.
+        shown = [(n, (reports.get(n.ip) if n.alive else None) or {}) for n in state.nodes]
+        rows = [[n.ip, "head" if n.head else "worker", "alive" if n.alive else "dead", f"{n.gpus:g}",
+                 *[v.get(key) or "-" for key, _ in versions.SHOWN]] for n, v in shown]
+        print(table(rows, ["NODE", "ROLE", "STATE", "GPUS", *[name.upper() for _, name in versions.SHOWN]]))
         print(f"\ncluster: {'complete' if state.complete else 'INCOMPLETE'} ({state.summary()})")
         print(f"server:  {url} {health}")
         print(f"auth:    Ray token {'on' if auth.enabled else 'off'}, API key {api_key}")
         print(f"fabric:  {status_line(fabric)}")
     return 0 if state.complete else exit_code_for(ClusterIncomplete(state.summary()))
+
+
+def node_versions(state: ClusterState) -> dict[str, dict]:
+    """Each alive node's Ray, vLLM, torch and NCCL versions; {} (and a warning) when a node
+    does not answer, so `status` still shows the rest."""
+    try:
+        return versions.collect_reports(state, timeout=30)
+    except ClusterError as exc:
+        log.warning("%s", exc)
+        return {}
 
 
 def run_stop(args: argparse.Namespace, settings: Settings) -> int:

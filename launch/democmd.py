@@ -34,7 +34,7 @@ def register(sub, settings: Settings) -> None:
     p.add_argument("--gpu", action="store_true",
                    help="the GPU simulation: one real GPU per simulated Spark (a machine with 2 GPUs), "
                         "vLLM's CUDA engine, NCCL over the veth")
-    p.set_defaults(func=run)
+    p.set_defaults(func=run, needs_ray=True)
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:

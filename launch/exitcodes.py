@@ -18,6 +18,7 @@ EXIT_CODES: list[tuple[type[BaseException], int]] = [
     (errors.VersionSkew, 6),
     (errors.NodeLost, 7),
     (errors.FabricTestFailed, 15),
+    (errors.UnsupportedRay, 17),
     (errors.FabricRefused, 19),
     (errors.ClusterError, 4),
     (errors.NotEnoughGpus, 8),

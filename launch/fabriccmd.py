@@ -36,7 +36,7 @@ def register(sub, settings: Settings) -> None:
                    help=f"rendezvous port on the head (default {fabric.DEFAULT_PORT})")
     p.add_argument("--timeout", type=float, default=300, help="seconds before the test is given up (default 300)")
     add_json(p)
-    p.set_defaults(func=run, server_url=None)  # attach() reads it; no server is looked at here
+    p.set_defaults(func=run, server_url=None, needs_ray=True)  # attach() reads it; no server is looked at here
 
 
 def options(args: argparse.Namespace) -> fabric.FabricOptions:

@@ -50,7 +50,7 @@ def register(sub, settings: Settings) -> None:
     g.add_argument("--rejoin-timeout", type=float, default=recovery.DEFAULT_REJOIN_TIMEOUT, metavar="S",
                    help="seconds a lost node has to rejoin before the head exits with code 7 "
                         f"(default {recovery.DEFAULT_REJOIN_TIMEOUT:g})")
-    p.set_defaults(func=run_serve, accepts_extra=True)
+    p.set_defaults(func=run_serve, accepts_extra=True, needs_ray=True)
 
 
 @contextlib.contextmanager
@@ -82,7 +82,7 @@ def run_serve(args: argparse.Namespace, settings: Settings) -> int:
         # Before vLLM is imported: it chooses its platform (the simulation's plugin) once.
         os.environ[SIMULATE_VAR] = "1"
     recipecmd.apply_recipe(args, settings)  # a recipe -> model, flags, env; --offline: HF_HUB_OFFLINE
-    plan = make_plan(args, settings)
+    plan = make_plan(args, settings, attached=bool(ray_node.attach_address(os.environ)))
     if plan.role == "worker":
         if args.extra:
             log.info("on a worker the vLLM flags are not used (the head runs the server)")

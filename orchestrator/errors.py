@@ -49,6 +49,11 @@ class ClusterError(SparkVllmError):
     """The Ray cluster could not be formed or was lost."""
 
 
+class UnsupportedRay(ClusterError):
+    """The installed Ray is missing or older than spark-vllm supports (checked before Ray
+    is imported)."""
+
+
 class HeadUnreachable(ClusterError, ConnectionError):
     pass
 

@@ -28,10 +28,10 @@ class NodeProc:
     """One `spark-vllm head|worker` process in a node, its output in files."""
 
     def __init__(self, node: netns.SimNode, role: str, args: tuple[str, ...], env: dict[str, str],
-                 tmp: Path) -> None:
+                 tmp: Path, python: str = sys.executable) -> None:
         self.node, self.role = node, role
         self.out, self.err = tmp / f"{role}-{node.index}.out", tmp / f"{role}-{node.index}.err"
-        cmd = [sys.executable, "-m", "launch", role, "--sysfs-root", node.sysfs_root, "--simulate", *args]
+        cmd = [python, "-m", "launch", role, "--sysfs-root", node.sysfs_root, "--simulate", *args]
         with open(self.out, "w") as out, open(self.err, "w") as err:
             # `ip netns exec` execs the command: this pid is spark-vllm's own.
             self.proc = node.popen(*cmd, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=err, cwd=REPO)
@@ -70,10 +70,11 @@ class NodeProc:
 
 
 class Sparks:
-    """Two simulated Sparks and the spark-vllm processes started in them."""
+    """Two simulated Sparks and the spark-vllm processes started in them, run by `python`
+    (another venv's, for `make compat`)."""
 
-    def __init__(self, net: netns.SimNetwork, tmp: Path) -> None:
-        self.net, self.tmp = net, tmp
+    def __init__(self, net: netns.SimNetwork, tmp: Path, python: str = sys.executable) -> None:
+        self.net, self.tmp, self.python = net, tmp, python
         self.head_node, self.worker_node = net.nodes
         # Our own run records: another test run's node on the same address must not be stopped.
         # Token auth is on by default, the token in ~/.ray/auth_token: a HOME of this test's
@@ -92,13 +93,12 @@ class Sparks:
         return caches.node_env({**self.base_env, **(extra or {})}, self.tmp / "caches", (node or self.head_node).index)
 
     def head(self, *args: str, env: dict[str, str] | None = None) -> NodeProc:
-        p = NodeProc(self.head_node, "head", args, self.env(env, self.head_node), self.tmp)
+        p = NodeProc(self.head_node, "head", args, self.env(env, self.head_node), self.tmp, self.python)
         self.procs.append(p)
         return p
 
     def worker(self, *args: str, env: dict[str, str] | None = None, head_ip: str = HEAD_IP) -> NodeProc:
-        p = NodeProc(self.worker_node, "worker", ("--head-ip", head_ip, *args), self.env(env, self.worker_node),
-                     self.tmp)
+        p = NodeProc(self.worker_node, "worker", ("--head-ip", head_ip, *args), self.env(env, self.worker_node), self.tmp, self.python)
         self.procs.append(p)
         return p
 
@@ -108,7 +108,7 @@ class Sparks:
         simulated RoCE tree (discovery inside the namespace then finds no RoCE device)."""
         cmd, *rest = args
         flags = ("--sysfs-root", node.sysfs_root) if sysfs else ()
-        return node.run(sys.executable, "-m", "launch", cmd, *flags, *rest,
+        return node.run(self.python, "-m", "launch", cmd, *flags, *rest,
                         env=self.env(env, node), capture_output=True, text=True, timeout=timeout, cwd=REPO)
 
     def status(self, node: netns.SimNode, *args: str, env: dict[str, str] | None = None):
@@ -156,10 +156,10 @@ class Sparks:
 
 
 @contextlib.contextmanager
-def two_sparks(tmp: Path):
+def two_sparks(tmp: Path, python: str = sys.executable):
     """Two Sparks; whatever runs in them is killed on the way out, pass or fail."""
     with netns.SimNetwork(nodes=2, prefix=PREFIX) as net:
-        sparks = Sparks(net, tmp)
+        sparks = Sparks(net, tmp, python)
         try:
             yield sparks
         finally:

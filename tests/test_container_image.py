@@ -6,7 +6,8 @@ buildah and debootstrap where missing). Then `benchmarks/container_pid1.py` runs
 image's `spark-vllm` as PID 1 of its own PID namespace, chrooted into the mounted
 image, inside two simulated Sparks: without Ray (a worker waiting for an absent
 head), then a head and a worker forming a real Ray cluster. About 3 minutes on a
-fresh machine, 1 once the base is cached.
+fresh machine, 1 once the base is cached. The image is built on a base without Ray
+(NVIDIA's from 26.05 on) and on one with an older Ray (2.51.1, as 25.x images).
 """
 
 from __future__ import annotations
@@ -18,19 +19,48 @@ import subprocess
 import pytest
 
 from benchmarks.container_pid1 import run_pid1
+from orchestrator.cluster import raycompat
 
 from conftest import PREFIX, REPO
 
 IMAGE = "localhost/spark-vllm:test"
+OLD_RAY = "2.51.1"  # below the minimum: the image must replace it
+# Ray with its dashboard and Jobs API, and spark-vllm, importable by the image's Python;
+# the versions of Ray, vLLM and torch as pip sees them.
+IMPORTS = ("import json, ray, ray.dashboard.modules.job.sdk, aiohttp, launch, orchestrator\n"
+           "from importlib.metadata import version, PackageNotFoundError\n"
+           "def v(name):\n"
+           "    try:\n        return version(name)\n"
+           "    except PackageNotFoundError:\n        return None\n"
+           "print(json.dumps({n: v(n) for n in ('ray', 'vllm', 'torch')}))")
+
+
+def build(tag: str, **env: str) -> str:
+    """container_build.sh into `tag`: the build's output (its Ray line)."""
+    if os.geteuid() != 0:
+        pytest.skip("buildah's chroot build and PID namespaces need root")
+    r = subprocess.run(["sh", str(REPO / "benchmarks" / "container_build.sh"), tag], capture_output=True,
+                       text=True, timeout=1200, cwd=REPO, env={**os.environ, **env})
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    return r.stdout + r.stderr
+
+
+def versions_in(image: str) -> dict:
+    ctr = subprocess.run(["buildah", "from", image], capture_output=True, text=True, check=True).stdout.strip()
+    try:
+        r = subprocess.run(["buildah", "run", "--isolation", "chroot", ctr, "python3", "-c", IMPORTS],
+                           capture_output=True, text=True, timeout=120)
+    finally:
+        subprocess.run(["buildah", "rm", ctr], capture_output=True, timeout=60)
+    assert r.returncode == 0, r.stderr[-2000:]
+    return json.loads(r.stdout.strip().splitlines()[-1])
 
 
 @pytest.fixture(scope="module")
 def image(netns_ok):
-    if os.geteuid() != 0:
-        pytest.skip("buildah's chroot build and PID namespaces need root")
-    r = subprocess.run(["sh", str(REPO / "benchmarks" / "container_build.sh"), IMAGE], capture_output=True,
-                       text=True, timeout=1200, cwd=REPO)
-    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    """Built on a base without Ray (the stand-in base, as NVIDIA's images from 26.05 on)."""
+    out = build(IMAGE)
+    assert "Ray: the image has none; installing ray[default]>=2.52.0" in out, out[-3000:]
     yield IMAGE
     subprocess.run(["buildah", "rmi", "-f", IMAGE], capture_output=True, timeout=120)
 
@@ -41,15 +71,22 @@ def test_image_has_the_entrypoint_healthcheck_and_ray_jobs(image):
     config = json.loads(r.stdout)["Docker"]["config"]
     assert config["Entrypoint"] == ["spark-vllm"] and config["Cmd"] == ["serve"]
     assert config["Healthcheck"]["Test"] == ["CMD", "spark-vllm", "health"]
-    # Ray with its dashboard and Jobs API, and spark-vllm, importable by the image's Python.
-    code = "import ray, ray.dashboard.modules.job.sdk, aiohttp, launch, orchestrator; print(ray.__version__)"
-    ctr = subprocess.run(["buildah", "from", image], capture_output=True, text=True, check=True).stdout.strip()
+    got = versions_in(image)
+    raycompat.check_ray(got["ray"])  # a supported Ray, from a base that had none
+
+
+def test_a_base_with_an_old_ray_gets_a_supported_one_and_keeps_vllm_and_torch(netns_ok):
+    """A base holding Ray 2.51.1 and (as metadata) NVIDIA's vLLM and torch, as 25.x images:
+    the image gets a supported Ray with the dashboard, its vLLM and torch untouched."""
+    tag = "localhost/spark-vllm:test-old-ray"
+    out = build(tag, RAY_IN_BASE=OLD_RAY)
     try:
-        r = subprocess.run(["buildah", "run", "--isolation", "chroot", ctr, "python3", "-c", code],
-                           capture_output=True, text=True, timeout=120)
+        assert f"Ray: the image has ray=={OLD_RAY}; installing ray[default]>=2.52.0" in out, out[-3000:]
+        got = versions_in(tag)
     finally:
-        subprocess.run(["buildah", "rm", ctr], capture_output=True, timeout=60)
-    assert r.returncode == 0, r.stderr[-2000:]
+        subprocess.run(["buildah", "rmi", "-f", tag], capture_output=True, timeout=120)
+    raycompat.check_ray(got["ray"])
+    assert (got["torch"], got["vllm"]) == ("2.10.0a0+b558c986e8.nv25.11", "0.11.0+nv25.11"), got
 
 
 def test_pid1_without_ray_stops_on_sigterm_and_fails_in_one_line(image):

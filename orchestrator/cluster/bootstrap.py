@@ -15,6 +15,7 @@ from typing import Mapping, MutableMapping
 from .auth import OFF_WARNING, AuthPlan, ensure_token, plan_auth, share_hint
 from .membership import check_head_subnet, wait_for_port
 from .ray_node import ClusterOptions, RayNode
+from .runstate import RunRecord
 from ..net.discovery import Discovery
 from ..errors import UsageError
 from ..net.plan import NetworkPlan, plan_network
@@ -72,6 +73,16 @@ def plan_node(req: NodeRequest, discovery: Discovery, environ: Mapping[str, str]
     cluster = replace(base, node_ip=node_ip, head_ip=network.head_ip or node_ip,
                       simulate=req.simulate)
     return NodePlan(role, network, plan_auth(environ, req.token_file, req.no_auth), cluster)
+
+
+def attached_request(req: NodeRequest, record: RunRecord | None) -> NodeRequest:
+    """Pure: attached to a running cluster (`ray job submit`, RAY_ADDRESS), the network of
+    the node that runs on this machine, from its run record (as `status` and `stop` read
+    it), unless the user named one. Unchanged where no node runs (discovery then)."""
+    if record is None or req.iface or req.head_ip:
+        return req
+    return replace(req, iface=record.iface, node_ip=req.node_ip or record.node_ip,
+                   head_ip=record.gcs_address.rsplit(":", 1)[0], token_file=req.token_file or record.token_file)
 
 
 def apply_environment(plan: NodePlan, environ: MutableMapping[str, str]) -> None:

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Mapping
 
 from ..errors import ClusterError
+from . import raycompat
 from .nodes import ClusterState, parse_nodes
 
 log = logging.getLogger("spark_vllm")
@@ -120,8 +121,8 @@ class RayNode:
     """This machine's Ray processes (GCS and dashboard on the head, raylet everywhere)."""
 
     def __init__(self, opts: ClusterOptions) -> None:
+        raycompat.require_ray()  # before Ray is imported
         os.environ["RAY_USAGE_STATS_ENABLED"] = "0"  # else `ray start` asks and waits 10 s
-        from ray._private.authentication.authentication_token_setup import ensure_token_if_auth_enabled
         from ray._private.node import Node
 
         class QuietNode(Node):
@@ -138,7 +139,7 @@ class RayNode:
         from ray._private.parameter import RayParams
         from ray._private.utils import write_ray_address
 
-        ensure_token_if_auth_enabled(None, create_token_if_missing=False)
+        raycompat.ensure_token_file()
         self.opts = opts
         try:
             self._node = QuietNode(RayParams(**ray_params(opts, os.environ)), head=opts.head,
@@ -177,6 +178,7 @@ def connect_driver(address: str, node_ip: str | None = None, quiet: bool = False
                    env: tuple[tuple[str, str], ...] = ()) -> None:
     """Connect this process to the cluster as a Ray driver (vLLM reuses the connection);
     `env`: set in every worker process of this job, on every node (Ray's runtime env)."""
+    raycompat.require_ray()  # before Ray is imported
     import ray
 
     if not ray.is_initialized():

@@ -77,6 +77,14 @@ def skew_table(skews: list[Skew]) -> str:
     return "\n".join(lines)
 
 
+SHOWN = (("ray", "Ray"), ("vllm", "vLLM"), ("torch", "torch"), ("nccl", "NCCL"))
+
+
+def describe(report: dict[str, str | None]) -> str:
+    """Pure: "Ray 2.60.0, vLLM 0.32.0, torch 2.13.0+cpu, NCCL -" (what a Spark owner compares)."""
+    return ", ".join(f"{name} {report.get(key) or '-'}" for key, name in SHOWN)
+
+
 def collect_reports(state: ClusterState, timeout: float = 60.0) -> dict[str, dict]:
     """Run `local_report` on every alive node, pinned there by node affinity."""
     import ray

@@ -22,6 +22,7 @@ import pytest
 
 from launch.cli import exit_code_for
 from orchestrator import errors
+from orchestrator.cluster import versions
 from orchestrator.sim.namespaces import netns
 
 from namespace_sparks import HEAD_IP, READY, START_S, WORKER_IP, healthy_cluster, two_sparks
@@ -62,6 +63,9 @@ def test_head_logs_each_join_and_matching_versions(cluster):
     assert f"node {HEAD_IP} joined (1 GPU) - 1 of 2 GPU nodes" in log
     assert f"node {WORKER_IP} joined (1 GPU) - 2 of 2 GPU nodes" in log
     assert "versions match" in log
+    here = versions.describe(versions.local_report({}))  # the same venv on both Sparks
+    assert f"node {HEAD_IP}: {here}" in log and f"node {WORKER_IP}: {here}" in log
+    assert here.startswith(f"Ray {metadata.version('ray')}, vLLM ") and ", NCCL " in here
     assert f"this Spark is the worker: {WORKER_IP}" in worker.stderr
     assert f"head {HEAD_IP}:6379 answers" in worker.stderr
     assert head.proc.poll() is None and worker.proc.poll() is None
@@ -77,6 +81,9 @@ def test_status_json_complete_from_the_worker(cluster):
     assert nodes == [{"ip": HEAD_IP, "alive": True, "gpus": 1, "head": True},
                      {"ip": WORKER_IP, "alive": True, "gpus": 1, "head": False}]
     assert out["complete"] is True and (out["gpu_nodes"], out["want"], out["gpus"]) == (2, 2, 2)
+    # Each node's versions, as its own Python reads them (the same venv here).
+    assert [n["versions"] for n in out["nodes"]] == [versions.local_report({})] * 2
+    assert out["nodes"][0]["versions"]["ray"] == metadata.version("ray")
 
 
 def test_status_table_on_the_head(cluster):
@@ -84,7 +91,10 @@ def test_status_table_on_the_head(cluster):
     r = s.cli(s.head_node, "status")  # the head: no --head-ip needed
     assert r.returncode == 0, r.stderr
     rows = [line.split() for line in r.stdout.splitlines()]
-    assert [HEAD_IP, "head", "alive", "1"] in rows and [WORKER_IP, "worker", "alive", "1"] in rows
+    assert rows[0] == ["NODE", "ROLE", "STATE", "GPUS", "RAY", "VLLM", "TORCH", "NCCL"]
+    here = versions.local_report({})
+    shown = [here[k] or "-" for k in ("ray", "vllm", "torch", "nccl")]
+    assert [HEAD_IP, "head", "alive", "1", *shown] in rows and [WORKER_IP, "worker", "alive", "1", *shown] in rows
     assert "cluster: complete (2 of 2 GPU nodes" in r.stdout
 
 

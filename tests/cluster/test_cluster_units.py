@@ -18,12 +18,12 @@ from launch.cli import exit_code_for
 from orchestrator import errors
 from orchestrator.cluster import runstate
 from orchestrator.cluster.auth import ensure_token, plan_auth
-from orchestrator.cluster.bootstrap import SIMULATE_VAR, NodeRequest, apply_environment, plan_node
+from orchestrator.cluster.bootstrap import SIMULATE_VAR, NodeRequest, apply_environment, attached_request, plan_node
 from orchestrator.cluster.membership import check_head_subnet, port_open, wait_for_port
 from orchestrator.cluster.ray_node import HEALTH_CHECK, ClusterOptions, attach_address, health_check_config, ray_params
 from orchestrator.net.discovery import Discovery
 from orchestrator.cluster.nodes import HEAD_RESOURCE, ClusterState, newly_joined, newly_lost, parse_nodes
-from orchestrator.cluster.versions import OVERRIDE_VAR, compare, local_report, skew_table
+from orchestrator.cluster.versions import OVERRIDE_VAR, compare, describe, local_report, skew_table
 
 HEAD, WORKER = "192.168.100.10", "192.168.100.11"
 
@@ -124,6 +124,12 @@ def test_nccl_missing_on_one_node_only_is_a_skew():
     skews = compare({HEAD: REPORT, WORKER: {**REPORT, "nccl": "2.27.7"}})
     assert [(s.component, s.values) for s in skews] == [("nccl", {HEAD: None, WORKER: "2.27.7"})]
     assert "None" in skew_table(skews)
+
+
+def test_describe_names_what_an_owner_compares():
+    report = {"python": "3.12.3", "ray": "2.60.0", "vllm": "0.31.0", "torch": "2.15.0a0", "nccl": None}
+    assert describe(report) == "Ray 2.60.0, vLLM 0.31.0, torch 2.15.0a0, NCCL -"
+    assert describe({}) == "Ray -, vLLM -, torch -, NCCL -"
 
 
 def test_local_report_and_its_override():
@@ -299,6 +305,27 @@ def test_plan_node_other_head_ip_is_a_worker(spark):
     assert (c.nodes, c.join_timeout, c.simulate) == (3, 9, True) and not c.head
     env = plan.environment()
     assert env[SIMULATE_VAR] == "1" and env["VLLM_HOST_IP"] == HEAD and env["MASTER_ADDR"] == WORKER
+
+
+def test_attached_serve_plans_the_network_of_the_node_running_here(make_iface):
+    """`serve` inside `ray job submit` on a Spark whose /sys shows no RoCE device (a user
+    names none): the head's run record gives the interface and address, as `status` reads
+    it, instead of discovery failing."""
+    no_roce = Discovery((make_iface("enp1s0f1np1", f"{HEAD}/24", roce=()), make_iface("enP7s7", "10.20.0.10/24", roce=())),
+                        "netlink")
+    with pytest.raises(errors.NoRdmaInterface, match="--iface"):
+        plan_node(NodeRequest(), no_roce, {})
+    head = runstate.RunRecord(1, "head", HEAD, f"{HEAD}:6379", iface="enp1s0f1np1", token_file="/t")
+    plan = plan_node(attached_request(NodeRequest(simulate=True), head), no_roce, {})
+    assert (plan.role, plan.network.choice.name, plan.cluster.node_ip, plan.auth.token_file) == (
+        "head", "enp1s0f1np1", HEAD, "/t")
+    # What the user names wins; no node running here: discovery, as before.
+    assert attached_request(NodeRequest(iface="enP7s7"), head) == NodeRequest(iface="enP7s7")
+    assert attached_request(NodeRequest(head_ip=WORKER), head) == NodeRequest(head_ip=WORKER)
+    assert attached_request(NodeRequest(), None) == NodeRequest()
+    worker = runstate.RunRecord(2, "worker", WORKER, f"{HEAD}:6379", iface="enp1s0f1np1")
+    assert attached_request(NodeRequest(token_file="/mine"), worker) == NodeRequest(
+        iface="enp1s0f1np1", node_ip=WORKER, head_ip=HEAD, token_file="/mine")
 
 
 def test_plan_node_worker_on_the_wrong_subnet(make_iface):

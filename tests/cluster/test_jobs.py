@@ -72,9 +72,10 @@ def job(netns_ok, tmp_path_factory):
     --follow` into a file) until serve announces it is ready."""
     model = str(make_tiny_model(tmp_path_factory.mktemp("model") / "tiny-llama"))
     with healthy_cluster(tmp_path_factory.mktemp("jobs")) as (s, head, worker):
-        entrypoint = [sys.executable, "-m", "launch", "serve", model, "--simulate",
-                      "--sysfs-root", s.head_node.sysfs_root, "--port", "8000", "--wait-timeout", "60",
-                      *SIM_VLLM_FLAGS]
+        # As a user submits it: no --iface, no --sysfs-root (the head's /sys shows no RoCE
+        # device): serve takes the network of the head running there, from its run record.
+        entrypoint = [sys.executable, "-m", "launch", "serve", model, "--simulate", "--port", "8000",
+                      "--wait-timeout", "60", *SIM_VLLM_FLAGS]
         r = ray_cli(s, "job", "submit", "--address", DASHBOARD, "--submission-id", JOB_ID, "--no-wait", "--",
                     *entrypoint)
         assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
@@ -100,6 +101,7 @@ def job(netns_ok, tmp_path_factory):
 def test_the_job_attaches_and_serves_tp2_over_both_nodes(job):
     s, text = job["sparks"], job["logs"].read_text()
     assert "attaching to the Ray cluster at" in text and "starting no node" in text
+    assert f"network of the head running here: {HEAD_IP} on enp1s0f1np1 (its run record)" in text
     assert "this Spark is the head" not in text and "Ray head started" not in text
     assert "2 of 2 GPU nodes" in text and "TP 2 x PP 1 over 2 GPU(s), executor ray" in text
     assert f"Status for job '{JOB_ID}': RUNNING" in job_status(s)
@@ -119,7 +121,7 @@ def test_a_job_asking_for_more_nodes_than_joined_fails_in_one_line(job):
     words), starts no engine, and the first job serves on."""
     s, failing = job["sparks"], "spark-vllm-too-big"
     entrypoint = [sys.executable, "-m", "launch", "serve", job["model"], "--simulate", "--nodes", "3",
-                  "--sysfs-root", s.head_node.sysfs_root, "--port", "8001", "--wait-timeout", "5", *SIM_VLLM_FLAGS]
+                  "--port", "8001", "--wait-timeout", "5", *SIM_VLLM_FLAGS]
     r = ray_cli(s, "job", "submit", "--address", DASHBOARD, "--submission-id", failing, "--", *entrypoint,
                 timeout=240)
     out = plain(r.stdout + r.stderr)
