@@ -199,7 +199,9 @@ def test_our_gauges_in_vllms_metrics(served):
     assert float(values['spark_vllm_fabric_link_speed_bits_per_second{iface="enp1s0f1np1"}']) == 2e11
     assert float(values['spark_vllm_phase_duration_seconds{phase="cluster"}']) > 0
     assert float(values['spark_vllm_phase_duration_seconds{phase="engine"}']) > 0
-    assert float(values["spark_vllm_engine_restarts_total"]) == 0
+    assert float(values['spark_vllm_engine_restarts_total{cause="node-lost"}']) == 0
+    assert float(values['spark_vllm_engine_restarts_total{cause="wedged"}']) == 0
+    assert float(values['spark_vllm_engine_wedges_total{cause="stall"}']) == 0
 
 
 def test_bench_against_the_server(served, model):
