@@ -49,18 +49,23 @@ def register(sub, settings: Settings) -> None:
     g.add_argument("--rejoin-timeout", type=float, default=recovery.DEFAULT_REJOIN_TIMEOUT, metavar="S",
                    help="seconds a lost node has to rejoin before the head exits with code 7 "
                         f"(default {recovery.DEFAULT_REJOIN_TIMEOUT:g})")
-    g.add_argument("--stall-timeout", type=positive, default=watchdog.DEFAULT_STALL_TIMEOUT, metavar="S",
-                   help="the engine is wedged when requests run and no token comes for this long, or an idle "
-                        f"probe does not finish within it (default {watchdog.DEFAULT_STALL_TIMEOUT:g})")
-    g.add_argument("--probe-interval", type=non_negative, default=watchdog.DEFAULT_PROBE_INTERVAL, metavar="S",
-                   help="while idle, a one-token probe request this often; 0 turns it off "
-                        f"(default {watchdog.DEFAULT_PROBE_INTERVAL:g})")
-    g.add_argument("--max-restarts", type=int, default=budget.DEFAULT_MAX_RESTARTS, metavar="N",
-                   help="restarts of a wedged engine allowed within --restart-window; one more wedge and the "
-                        f"head exits with code 18 (default {budget.DEFAULT_MAX_RESTARTS})")
-    g.add_argument("--restart-window", type=positive, default=budget.DEFAULT_WINDOW_S, metavar="S",
-                   help=f"the window --max-restarts counts in (default {budget.DEFAULT_WINDOW_S:g})")
+    for flag, kind, default, metavar, what in wedge_flags():
+        g.add_argument(flag, type=kind, default=default, metavar=metavar, help=f"{what} (default {default:g})")
     p.set_defaults(func=run_serve, accepts_extra=True)
+
+
+def wedge_flags() -> tuple:
+    """The wedged-engine flags: (flag, type, default, metavar, help)."""
+    b = budget.RestartBudget()
+    return (
+        ("--stall-timeout", positive, watchdog.DEFAULT_STALL_TIMEOUT, "S", "the engine is wedged when requests "
+         "run and no token comes for this long, or an idle probe does not finish within it"),
+        ("--probe-interval", non_negative, watchdog.DEFAULT_PROBE_INTERVAL, "S",
+         "while idle, a one-token probe request this often; 0 turns it off"),
+        ("--max-restarts", int, b.max_restarts, "N", "restarts of a wedged engine allowed within "
+         "--restart-window; one more wedge and the head exits with code 18"),
+        ("--restart-window", positive, b.window, "S", "the window --max-restarts counts in"),
+    )
 
 
 def positive(text: str) -> float:

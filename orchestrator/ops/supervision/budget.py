@@ -11,18 +11,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-DEFAULT_MAX_RESTARTS = 3
-DEFAULT_WINDOW_S = 3600.0
-FIRST_PAUSE_S = 5.0
-MAX_PAUSE_S = 300.0
-
 
 @dataclass(frozen=True)
 class RestartBudget:
-    max_restarts: int = DEFAULT_MAX_RESTARTS
-    window: float = DEFAULT_WINDOW_S
-    first_pause: float = FIRST_PAUSE_S
-    max_pause: float = MAX_PAUSE_S
+    """The defaults are `serve`'s (--max-restarts 3, --restart-window 3600); the pauses
+    are in seconds."""
+
+    max_restarts: int = 3
+    window: float = 3600.0
+    first_pause: float = 5.0
+    max_pause: float = 300.0
 
     def __post_init__(self) -> None:
         if self.max_restarts < 0 or self.window <= 0 or self.first_pause < 0:

@@ -39,6 +39,7 @@ from typing import Callable
 
 from ...serve.compat import EngineCounters, read_engine_counters
 from ...serve.health import health_state
+from .supervisor import Watcher
 
 log = logging.getLogger("spark_vllm")
 
@@ -151,7 +152,7 @@ def quiet_probes() -> None:
         access.addFilter(_QuietProbes())
 
 
-class Watchdog:
+class Watchdog(Watcher):
     """The thread. Arms itself once `health_url` answers 200 (an engine that is still
     building, or the last engine's stale gauges, are not judged); records a wedge in
     `wedge`, logs it, snapshots the engine's Ray remains into `remains`, and stops the
@@ -166,27 +167,15 @@ class Watchdog:
         self._stall, self._interval, self._read, self._on_probe = stall, probe_interval, read, on_probe
         self._poll = poll or poll_interval(stall)
         self._stopped = threading.Event()
-        self._thread: threading.Thread | None = None
         self.wedge: Wedge | None = None
         self.detected_at: float | None = None
         self.remains: object = None
 
+    name = "spark-vllm-watchdog"
+
     def start(self) -> "Watchdog":
         quiet_probes()
-        self._thread = threading.Thread(target=self._run, name="spark-vllm-watchdog", daemon=True)
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._stopped.set()
-        if self._thread:
-            self._thread.join(timeout=2 * self._poll)
-
-    def __enter__(self) -> "Watchdog":
-        return self.start()
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
+        return super().start()
 
     def _run(self) -> None:
         watch = None
