@@ -136,15 +136,23 @@ def footprint(sim, settle_s: float = 3.0, timeout: float = 60.0) -> dict[str, tu
     return out
 
 
+def cmdline(p: psutil.Process) -> list[str]:
+    try:
+        return p.cmdline()
+    except psutil.Error:  # ended meanwhile, or a zombie
+        return []
+
+
 def tp_rank(node) -> psutil.Process:
     """vLLM's tensor-parallel worker actor in this Spark (Ray titles it ray::RayWorkerProc)."""
-    found = [p for p in processes(node.netns) if "RayWorker" in " ".join(p.cmdline())]
-    assert len(found) == 1, [" ".join(p.cmdline())[:120] for p in processes(node.netns)]
+    found = [p for p in processes(node.netns) if "RayWorker" in " ".join(cmdline(p))]
+    assert len(found) == 1, [" ".join(cmdline(p))[:120] for p in processes(node.netns)]
     return found[0]
 
 
 def engine_core(sim) -> psutil.Process:
-    found = [p for p in psutil.Process(sim.head.proc.pid).children() if is_engine_process(p.cmdline())]
+    found = [p for p in psutil.Process(sim.head.proc.pid).children()
+             if (line := cmdline(p)) and is_engine_process(line)]
     assert len(found) == 1, found
     return found[0]
 
