@@ -60,7 +60,7 @@ def served(netns_ok, tmp_path_factory):
             state["health"] = health
             try:
                 wait_serving(state)
-                state["before"] = footprint(sim)
+                state["before"], state["shm"] = footprint(sim), shared_memory()
                 yield state
             finally:
                 health.close()
@@ -143,6 +143,11 @@ def cmdline(p: psutil.Process) -> list[str]:
         return []
 
 
+def shared_memory() -> set[str]:
+    """/dev/shm's entries (one machine: both simulated Sparks share it)."""
+    return set(os.listdir("/dev/shm"))
+
+
 def tp_rank(node) -> psutil.Process:
     """vLLM's tensor-parallel worker actor in this Spark (Ray titles it ray::RayWorkerProc)."""
     found = [p for p in processes(node.netns) if "RayWorker" in " ".join(cmdline(p))]
@@ -205,6 +210,7 @@ def check_wedge_and_restart(state, name: str, target: psutil.Process, under_load
     assert any(f"vLLM's engine is wedged: {cause}" in line for line in lines), lines[-15:]
     assert any(line.startswith("old engine ended: tensor-parallel workers killed (") for line in lines), lines[-15:]
     after = footprint(sim)
+    new_shm = shared_memory() - state["shm"]
     TIMINGS.append(f"wedge, {name}: /health not 200 after {seen['detect_s']:.1f} s"
                    + (f"; requests in flight failed after {seen['fail_s']:.1f} s" if seen["ends"] else "")
                    + f"; serving again after {recovered_s:.1f} s; footprint {fmt(after)} (before {fmt(state['before'])})")
@@ -212,6 +218,7 @@ def check_wedge_and_restart(state, name: str, target: psutil.Process, under_load
         was_count, was_mib = state["before"][ip]
         assert count == was_count, f"{ip}: {count} processes, {was_count} before the first wedge"
         assert mib <= was_mib * (1 + MEMORY_SLACK), f"{ip}: {mib:.0f} MiB resident, {was_mib:.0f} before"
+    assert not new_shm, f"new in /dev/shm since the first wedge: {sorted(new_shm)}"
 
 
 def fmt(fp: dict) -> str:
