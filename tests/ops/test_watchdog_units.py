@@ -211,8 +211,39 @@ def test_reaper_selects_vllms_workers_and_their_jobs_placement_groups():
     r = reaper.select(actors, groups)
     assert [(x.ip, x.pid) for x in r.ranks] == [("192.168.100.10", 10), ("192.168.100.11", 11)]
     assert r.groups == ("ffff0a000000",)  # the workers' job's; another job's is left alone
-    assert reaper.Ended((("192.168.100.11", (11,)),), 1, ()).describe() == \
-        "tensor-parallel workers killed (192.168.100.11: pid 11), 1 placement group(s) removed"
+    ended = reaper.Ended((reaper.NodeEnd("192.168.100.10", gone=(10,)),
+                          reaper.NodeEnd("192.168.100.11", killed=(11,), unlinked=("/dev/shm/a", "/dev/shm/b"))), 1, ())
+    assert ended.describe() == ("tensor-parallel workers: 192.168.100.10: pid 10 already ended; 192.168.100.11: "
+                                "pid 11 killed, 2 /dev/shm file(s) removed; 1 placement group(s) removed")
+
+
+def test_shm_paths_from_proc_maps():
+    maps = ("7f0000000000-7f0000400000 rw-s 00000000 00:1a 123 /dev/shm/35587-tp:0-[0-1]-cpushm_1\n"
+            "7f0000400000-7f0000800000 rw-s 00000000 00:1a 124 /dev/shm/plasma0 (deleted)\n"
+            "7f0000800000-7f0000900000 r-xp 00000000 08:01 99 /usr/lib/libc.so.6\n"
+            "7ffd00000000-7ffd00021000 rw-p 00000000 00:00 0 [stack]\n")
+    assert reaper.shm_paths(maps) == {"/dev/shm/35587-tp:0-[0-1]-cpushm_1"}
+
+
+def test_end_here_unlinks_only_what_no_live_process_maps(tmp_path):
+    """On this machine: a file nobody maps goes; one this process maps stays."""
+    import mmap
+    import os
+
+    shm = "/dev/shm" if os.path.isdir("/dev/shm") else None
+    if shm is None:
+        pytest.skip("no /dev/shm")
+    free, held = f"{shm}/svtest-{os.getpid()}-free", f"{shm}/svtest-{os.getpid()}-held"
+    for path in (free, held):
+        with open(path, "wb") as f:
+            f.write(b"\0" * 4096)
+    with open(held, "r+b") as f, mmap.mmap(f.fileno(), 4096) as mapped:
+        try:
+            killed, gone, unlinked = reaper.end_here([2 ** 22 + 7], [free, held])
+            assert (killed, gone, unlinked) == ([], [2 ** 22 + 7], [free]) and mapped[0] == 0
+            assert not os.path.exists(free) and os.path.exists(held)
+        finally:
+            os.unlink(held)
 
 
 # --- the thread and the recovery loop, with stand-ins -------------------------------------------

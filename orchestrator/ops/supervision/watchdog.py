@@ -11,8 +11,9 @@ running, tokens processed; a read costs microseconds, no Ray call, no I/O):
   one-token completion to the local server; not finished within `stall` seconds:
   wedged. (An idle engine's counters cannot tell a stall: the frontend only updates them
   when the engine core sends a step.)
-On a wedge it notes what the old engine holds in Ray (`reaper.snapshot`) and SIGKILLs
-vLLM's engine-core process, again at each poll until vLLM's server stopped: vLLM then
+Once armed it notes what the engine holds (`reaper.snapshot`: its Ray workers and
+placement group, the shared memory its processes map; one Ray call an engine start, never
+in the loop). On a wedge it SIGKILLs vLLM's engine-core process, again at each poll until vLLM's server stopped: vLLM then
 does what it does for a dead engine (/health 503, requests in flight fail, the server
 ends), and `recovery` takes it from there.
 
@@ -188,6 +189,7 @@ class Watchdog(Watcher):
                 continue
             if watch is None:
                 if health_state(self._health_url, timeout=2.0) == "healthy":
+                    self._take_snapshot()  # once an engine: what to end if it wedges
                     now = time.monotonic()
                     watch = Watch(progress_at=now, probe_at=now)
                     log.debug("watchdog armed (stall %g s, probe every %g s)", self._stall, self._interval)
@@ -209,12 +211,16 @@ class Watchdog(Watcher):
             self._record(wedge)
         return watch
 
-    def _record(self, wedge: Wedge) -> None:
-        log.warning("%s; ending it (engine core and tensor-parallel workers, on every node)", wedge.describe())
+    def _take_snapshot(self) -> None:
         try:
             self.remains = self._snapshot()
         except Exception as exc:  # Ray's tables unreadable: the reaper looks again
-            log.warning("watchdog: could not read the engine's Ray actors: %s", exc)
+            log.warning("watchdog: could not read what the engine holds in Ray: %s", exc)
+
+    def _record(self, wedge: Wedge) -> None:
+        log.warning("%s; ending it (engine core and tensor-parallel workers, on every node)", wedge.describe())
+        if self.remains is None:
+            self._take_snapshot()
         self.wedge, self.detected_at = wedge, time.monotonic()
         pids = self._stop_engine()
         log.info("killed vLLM's engine core on this head (pid %s) so that requests in flight fail instead of "
