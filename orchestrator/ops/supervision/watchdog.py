@@ -155,9 +155,9 @@ def quiet_probes() -> None:
 
 class Watchdog(Watcher):
     """The thread. Arms itself once `health_url` answers 200 (an engine that is still
-    building, or the last engine's stale gauges, are not judged); records a wedge in
-    `wedge`, logs it, snapshots the engine's Ray remains into `remains`, and stops the
-    engine."""
+    building, or the last engine's stale gauges, are not judged) and then notes what the
+    engine holds in `remains`; records a wedge in `wedge`, logs it, and kills the
+    engine core."""
 
     def __init__(self, health_url: str, probe: Callable[[float], tuple[str, float]],
                  stop_engine: Callable[[], list[int]], snapshot: Callable[[], object] = lambda: None,
