@@ -228,6 +228,7 @@ class StatusTarget:
     node_ip: str | None
     token_file: str | None
     server_url: str  # the vLLM server whose /health is shown
+    engine: str | None = None  # a serving head's run-record state (serving, wedged, restarting, ...), when local
 
 
 def status_target(args: argparse.Namespace) -> StatusTarget:
@@ -240,7 +241,8 @@ def status_target(args: argparse.Namespace) -> StatusTarget:
         log.debug("reading the cluster of the %s on %s (%s)", rec.role, rec.node_ip, rec.iface)
         head_ip = rec.gcs_address.rsplit(":", 1)[0]
         return StatusTarget(head_ip, rec.gcs_address, rec.node_ip, args.token_file or rec.token_file,
-                            server_url or rec.server_url or f"http://{head_ip}:8000")
+                            server_url or rec.server_url or f"http://{head_ip}:8000",
+                            rec.state if rec.server_url else None)
     net = plan_network(discover_here(args), os.environ, iface=args.iface, head_ip=args.head_ip,
                        node_ip=args.node_ip)
     head_ip = net.head_ip or net.node_ip
@@ -275,6 +277,13 @@ def attached(args: argparse.Namespace):
         shutdown_driver()
 
 
+# A serving head's run-record states, as `status` says them.
+ENGINE_STATES = {"engine-starting": "starting", "serving": "serving",
+                 "recovering": "recovering (a node was lost; waiting for it to rejoin)",
+                 "wedged": "WEDGED (generating nothing; being ended on every node)",
+                 "restarting": "restarting (after a wedge)"}
+
+
 def run_status(args: argparse.Namespace, settings: Settings) -> int:
     with attached(args) as (target, auth):
         state = ray_node.cluster_state(args.nodes)
@@ -288,7 +297,7 @@ def run_status(args: argparse.Namespace, settings: Settings) -> int:
         print_json({"nodes": [{**n.to_json(), "versions": reports.get(n.ip) if n.alive else None}
                               for n in state.nodes], "complete": state.complete,
                     "gpu_nodes": len(state.gpu_nodes), "want": args.nodes, "gpus": state.gpus,
-                    "server": {"url": url, "health": health},
+                    "server": {"url": url, "health": health, "engine": target.engine},
                     "auth": {"ray_token": "on" if auth.enabled else "off", "api_key": api_key},
                     "fabric": fabric})
     else:
@@ -298,7 +307,8 @@ def run_status(args: argparse.Namespace, settings: Settings) -> int:
                  *[v.get(key) or "-" for key, _ in versions.SHOWN]] for n, v in shown]
         print(table(rows, ["NODE", "ROLE", "STATE", "GPUS", *[name.upper() for _, name in versions.SHOWN]]))
         print(f"\ncluster: {'complete' if state.complete else 'INCOMPLETE'} ({state.summary()})")
-        print(f"server:  {url} {health}")
+        print(f"server:  {url} {health}" + (f", engine {ENGINE_STATES.get(target.engine, target.engine)}"
+                                             if target.engine else ""))
         print(f"auth:    Ray token {'on' if auth.enabled else 'off'}, API key {api_key}")
         print(f"fabric:  {status_line(fabric)}")
     return 0 if state.complete else exit_code_for(ClusterIncomplete(state.summary()))

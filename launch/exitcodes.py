@@ -25,6 +25,7 @@ EXIT_CODES: list[tuple[type[BaseException], int]] = [
     (errors.ModelNotFound, 9),
     (errors.ModelDoesNotFit, 12),
     (errors.HubError, 13),
+    (errors.EngineWedged, 18),
     (errors.ServeError, 10),
     (errors.SimulationError, 11),
     (errors.PreflightFailed, 14),

@@ -18,9 +18,10 @@ import time
 from orchestrator.cluster import ray_node
 from orchestrator.net.discovery import discover
 from orchestrator.ops.observation import logs, metrics
-from orchestrator.ops.supervision import recovery
-from orchestrator.serve import engine, health, vllm_plugin
+from orchestrator.ops.supervision import budget, reaper, recovery, supervisor, watchdog
+from orchestrator.serve import compat, engine, health, vllm_plugin
 from orchestrator.cluster.bootstrap import SIMULATE_VAR, NodePlan, apply_environment
+from orchestrator.errors import UsageError
 from orchestrator.settings import Settings
 
 from . import fabriccmd, modelscmd, recipecmd
@@ -50,7 +51,54 @@ def register(sub, settings: Settings) -> None:
     g.add_argument("--rejoin-timeout", type=float, default=recovery.DEFAULT_REJOIN_TIMEOUT, metavar="S",
                    help="seconds a lost node has to rejoin before the head exits with code 7 "
                         f"(default {recovery.DEFAULT_REJOIN_TIMEOUT:g})")
+    for flag, kind, default, metavar, what in wedge_flags():
+        g.add_argument(flag, type=kind, default=default, metavar=metavar, help=f"{what} (default {default:g})")
     p.set_defaults(func=run_serve, accepts_extra=True, needs_ray=True)
+
+
+def wedge_flags() -> tuple:
+    """The wedged-engine flags: (flag, type, default, metavar, help)."""
+    b = budget.RestartBudget()
+    return (
+        ("--stall-timeout", positive, watchdog.DEFAULT_STALL_TIMEOUT, "S", "the engine is wedged when requests "
+         "run and no token comes for this long, or an idle probe does not finish within it"),
+        ("--probe-interval", non_negative, watchdog.DEFAULT_PROBE_INTERVAL, "S",
+         "while idle, a one-token probe request this often; 0 turns it off"),
+        ("--max-restarts", int, b.max_restarts, "N", "restarts of a wedged engine allowed within "
+         "--restart-window; one more wedge and the head exits with code 18"),
+        ("--restart-window", positive, b.window, "S", "the window --max-restarts counts in"),
+    )
+
+
+def positive(text: str) -> float:
+    value = float(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be above 0, got {text}")
+    return value
+
+
+def non_negative(text: str) -> float:
+    value = float(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {text}")
+    return value
+
+
+def restart_budget(args: argparse.Namespace) -> budget.RestartBudget:
+    if args.max_restarts < 0:
+        raise UsageError(f"--max-restarts must be 0 or more, got {args.max_restarts}")
+    return budget.RestartBudget(args.max_restarts, args.restart_window)
+
+
+def make_watchdog(args: argparse.Namespace, vargs: argparse.Namespace, model: str,
+                  serving: metrics.ServingState):
+    """A factory of the generation watchdog for each start of the engine."""
+    health_url = health.local_health_url(vargs.host, vargs.port)
+    prober = watchdog.Prober(health_url.rsplit("/", 1)[0], (vargs.served_model_name or [model])[0],
+                             compat.server_api_key(vargs, os.environ))
+    return lambda: watchdog.Watchdog(health_url, prober, supervisor.kill_engine, reaper.snapshot,
+                                     stall=args.stall_timeout, probe_interval=args.probe_interval,
+                                     on_probe=serving.probed)
 
 
 @contextlib.contextmanager
@@ -89,6 +137,7 @@ def run_serve(args: argparse.Namespace, settings: Settings) -> int:
         return run_worker_plan(plan)
 
     model = engine.check_model(args.model)
+    wedge_budget = restart_budget(args)
     # Before Ray starts: an explicit TP x PP the --nodes Sparks can never hold (vLLM's own
     # parser checks the same flags again below).
     if not ray_node.attach_address(os.environ):  # attached, the real cluster is checked at once
@@ -127,12 +176,14 @@ def run_serve(args: argparse.Namespace, settings: Settings) -> int:
                     log.info("ready: %s serves %s (cluster %.1f s, engine %.1f s)",
                              public, vargs.served_model_name or [model], t_cluster, seconds)
                 else:
-                    log.info("ready again: %s serves %s (restart %d: engine %.1f s, %.1f s after the loss "
+                    log.info("ready again: %s serves %s (restart %d: engine %.1f s, %.1f s after the %s "
                              "was detected)", public, vargs.served_model_name or [model], attempt.number,
-                             seconds, time.monotonic() - attempt.lost_at)
+                             seconds, time.monotonic() - attempt.detected_at,
+                             "wedge" if isinstance(attempt.cause, watchdog.Wedge) else "loss")
 
             if attempt.number:
-                serving.engine_restarted()
+                serving.engine_restarted(metrics.WEDGED if isinstance(attempt.cause, watchdog.Wedge)
+                                         else metrics.NODE_LOST)
             stop = threading.Event()
             mark(plan, node, "engine-starting", server_url)
             health.announce_when_ready(health.local_health_url(vargs.host, vargs.port), on_ready, stop)
@@ -141,15 +192,23 @@ def run_serve(args: argparse.Namespace, settings: Settings) -> int:
             finally:
                 stop.set()
 
-        def on_recovering(loss: recovery.Loss) -> None:
-            mark(plan, node, "recovering", server_url)
-            serving.node_lost(loss.silent_s)
+        def on_recovering(cause: recovery.Loss | watchdog.Wedge) -> None:
+            if isinstance(cause, watchdog.Wedge):
+                mark(plan, node, "wedged", server_url)
+                serving.wedged(cause.cause)
+            else:
+                mark(plan, node, "recovering", server_url)
+                serving.node_lost(cause.silent_s)
+
+        def on_restarting(wedge: watchdog.Wedge, verdict: budget.Verdict) -> None:
+            mark(plan, node, "restarting", server_url)
 
         os.environ[vllm_plugin.SERVING_VAR] = "1"  # vLLM's engine process keeps its SIGTERM drain
         recovery.serve_supervised(
             run_engine, lambda: ray_node.cluster_state(plan.cluster.nodes),
-            recovery.RecoveryPolicy(args.exit_on_node_loss, args.rejoin_timeout), vargs.host, vargs.port,
-            dead=node.dead_processes if node else list,
-            on_recovering=on_recovering)
+            recovery.RecoveryPolicy(args.exit_on_node_loss, args.rejoin_timeout, wedge_budget),
+            vargs.host, vargs.port, dead=node.dead_processes if node else list,
+            on_recovering=on_recovering, on_restarting=on_restarting,
+            watchdog=make_watchdog(args, vargs, model, serving))
         log.info("vLLM's server stopped")  # it drained on SIGTERM itself; the node goes next
     return 0

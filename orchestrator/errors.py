@@ -104,6 +104,11 @@ class EngineFailed(ServeError):
     pass
 
 
+class EngineWedged(ServeError):
+    """The engine wedged (alive, generating nothing) more often than the restart budget
+    (--max-restarts within --restart-window) allows."""
+
+
 class ModelDoesNotFit(ServeError, MemoryError):
     """Weights plus the KV-cache floor exceed the GPUs' memory (checked before the engine)."""
 

@@ -25,7 +25,8 @@ class RunRecord:
     node_ip: str
     gcs_address: str
     # "running"; on a serving head "engine-starting" until vLLM answers /health, when
-    # vLLM (0.32) loses a SIGTERM, then "serving".
+    # vLLM (0.32) loses a SIGTERM, then "serving"; "recovering" after a lost node,
+    # "wedged" then "restarting" after a wedged engine (then "engine-starting" again).
     state: str = "running"
     iface: str = ""
     token_file: str | None = None  # the path only

@@ -409,3 +409,60 @@ def drop_absent_flags(argv: list[str], parser: str, version: str | None) -> list
             continue
         out.append(arg)
     return out
+
+
+# --- what the generation watchdog reads from vLLM ---------------------------------------
+# vLLM's V1 frontend keeps its Prometheus series in prometheus_client's default registry,
+# in the API-server process, and updates them whenever the engine core sends a step's
+# outputs (every step carries the scheduler's stats, with or without new tokens). A
+# stalled engine sends nothing: the gauges keep their last value and the counters stop.
+# Names as in vLLM 0.32 (`vllm/v1/metrics/loggers.py`), unchanged from 0.8 to 0.33; with
+# `--disable-log-stats` they are absent and the watchdog relies on its probe alone.
+RUNNING_SERIES = "vllm:num_requests_running"
+PROGRESS_SERIES = ("vllm:generation_tokens", "vllm:prompt_tokens")  # counters (`_total` samples)
+# The class of vLLM's tensor-parallel rank actors under the Ray executor, by version:
+# RayWorkerProc in 0.32, RayWorkerWrapper before.
+RAY_WORKER_CLASSES = ("RayWorkerProc", "RayWorkerWrapper")
+
+
+@dataclass(frozen=True)
+class EngineCounters:
+    """vLLM's own view of its engine, summed over engines: requests in the running
+    batch and tokens processed so far (generated plus prefilled)."""
+
+    running: float
+    tokens: float
+
+
+def read_engine_counters(registry=None) -> EngineCounters | None:
+    """The counters from prometheus_client's default registry (or `registry`), or None
+    while vLLM has not registered them (engine not built, `--disable-log-stats`).
+
+    Looks the collectors up by name instead of collecting the whole registry (dozens of
+    histograms): a read costs microseconds. vLLM registers new collectors at each engine
+    start, so they are looked up at every read."""
+    if registry is None:
+        from prometheus_client import REGISTRY as registry
+    by_name = getattr(registry, "_names_to_collectors", None)  # prometheus_client 0.x keeps this map
+    if by_name is None:
+        return None
+    running = _sum(by_name.get(RUNNING_SERIES), RUNNING_SERIES)
+    if running is None:
+        return None
+    tokens = sum(_sum(by_name.get(name), name + "_total") or 0.0 for name in PROGRESS_SERIES)
+    return EngineCounters(running, tokens)
+
+
+def _sum(collector, sample_name: str) -> float | None:
+    if collector is None:
+        return None
+    return sum(s.value for family in collector.collect() for s in family.samples if s.name == sample_name)
+
+
+def server_api_key(args, environ) -> str | None:
+    """The key vLLM's server asks for: `--api-key` (a list from 0.2x on, one string
+    before) before VLLM_API_KEY, as vLLM's middleware reads them."""
+    key = getattr(args, "api_key", None)
+    if isinstance(key, (list, tuple)):
+        key = next((k for k in key if k), None)
+    return key or environ.get("VLLM_API_KEY") or None

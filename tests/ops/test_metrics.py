@@ -27,11 +27,18 @@ def test_samples_from_plain_values(make_iface):
     assert got[("fabric_link_up", (("iface", "enp1s0f1np1"),))] == 1.0
     assert got[("fabric_link_speed_bits_per_second", (("iface", "enp1s0f1np1"),))] == 2e11
     assert got[("phase_duration_seconds", (("phase", "cluster"),))] == 12.5
-    assert got[("engine_restarts", ())] == 1 and ("node_loss_detection_seconds", ()) not in got
+    assert got[("engine_restarts", (("cause", "node-lost"),))] == 1
+    assert got[("engine_restarts", (("cause", "wedged"),))] == 0 and ("node_loss_detection_seconds", ()) not in got
     state.node_lost(4.2)
-    down = {s.name: s.value for s in samples(state, None, make_iface(up=False, speed=None))}
-    assert down == {"fabric_link_up": 0.0, "phase_duration_seconds": 12.5, "engine_restarts": 1,
-                    "node_loss_detection_seconds": 4.2}
+    state.wedged("probe")
+    state.engine_restarted("wedged")
+    state.probed()
+    down = {(s.name, s.labels): s.value for s in samples(state, None, make_iface(up=False, speed=None))}
+    assert down == {("fabric_link_up", (("iface", "enp1s0f1np1"),)): 0.0,
+                    ("phase_duration_seconds", (("phase", "cluster"),)): 12.5,
+                    ("engine_restarts", (("cause", "node-lost"),)): 1, ("engine_restarts", (("cause", "wedged"),)): 1,
+                    ("engine_wedges", (("cause", "stall"),)): 0, ("engine_wedges", (("cause", "probe"),)): 1,
+                    ("watchdog_probes", ()): 1, ("node_loss_detection_seconds", ()): 4.2}
 
 
 def test_exposition_and_a_failing_reader(make_iface):
@@ -43,7 +50,7 @@ def test_exposition_and_a_failing_reader(make_iface):
     registry.register(SparkCollector(ServingState(), broken, lambda: make_iface()))
     text = generate_latest(registry).decode()
     assert 'spark_vllm_fabric_link_up{iface="enp1s0f1np1"} 1.0' in text
-    assert "spark_vllm_engine_restarts_total 0.0" in text and "# TYPE spark_vllm_engine_restarts_total counter" in text
+    assert 'spark_vllm_engine_restarts_total{cause="wedged"} 0.0' in text and "# TYPE spark_vllm_engine_restarts_total counter" in text
     assert "spark_vllm_nodes_alive" not in text  # the cluster could not be read: no stale value
 
 

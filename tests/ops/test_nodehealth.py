@@ -27,6 +27,12 @@ def test_an_engine_still_starting_is_not_healthy_yet():
     assert judge([rec("head", "engine-starting")], None).healthy is False
 
 
+def test_a_wedged_or_restarting_engine_is_not_healthy():
+    wedged, restarting = judge([rec("head", "wedged")], None), judge([rec("head", "restarting")], None)
+    assert not wedged.healthy and "wedged and is being ended on every node" in wedged.reason
+    assert not restarting.healthy and "restarting" in restarting.reason
+
+
 def test_start_summary_sources():
     from orchestrator.settings import Settings
 

@@ -158,7 +158,7 @@ def test_a_loss_restarts_the_engine_once_the_node_rejoined():
     serve_supervised(engine_until_stopped(cluster, attempts), lambda: cluster.state, RecoveryPolicy(),
                      "127.0.0.1", free_port(), supervisor=cluster.supervisor, reachable=cluster.probe)
     assert [a.number for a in attempts] == [0, 1]
-    assert attempts[1].loss.ip == WORKER and "not answered" in attempts[1].loss.reason
+    assert attempts[1].cause.ip == WORKER and "not answered" in attempts[1].cause.reason
     assert cluster.engine_stops >= 1
 
 
@@ -203,7 +203,7 @@ def test_a_loss_seen_just_after_the_engine_ended_still_counts():
                      supervisor=lambda s, d: Supervisor(s, d, poll=10, grace=0.2, prober=cluster.probe,
                                                         stop_engine=cluster.stop_engine),
                      reachable=cluster.probe)
-    assert [a.number for a in attempts] == [0, 1] and "refuses" in attempts[1].loss.reason
+    assert [a.number for a in attempts] == [0, 1] and "refuses" in attempts[1].cause.reason
 
 
 def test_probe_tells_refused_from_ok():

@@ -225,7 +225,9 @@ def test_our_gauges_in_vllms_metrics(served):
     assert float(values['spark_vllm_fabric_link_speed_bits_per_second{iface="enp1s0f1np1"}']) == 2e11
     assert float(values['spark_vllm_phase_duration_seconds{phase="cluster"}']) > 0
     assert float(values['spark_vllm_phase_duration_seconds{phase="engine"}']) > 0
-    assert float(values["spark_vllm_engine_restarts_total"]) == 0
+    assert float(values['spark_vllm_engine_restarts_total{cause="node-lost"}']) == 0
+    assert float(values['spark_vllm_engine_restarts_total{cause="wedged"}']) == 0
+    assert float(values['spark_vllm_engine_wedges_total{cause="stall"}']) == 0
     assert float(values['spark_vllm_fabric_bus_bandwidth_bytes_per_second{backend="gloo",verdict="not-comparable"}']) > 0
     assert float(values['spark_vllm_fabric_transport{node="192.168.100.11",transport="gloo/TCP"}']) == 1
     assert float(values['spark_vllm_phase_duration_seconds{phase="fabric_check"}']) > 0

@@ -24,6 +24,8 @@ from ..diagnosis.fabriccheck import FabricCheck
 
 log = logging.getLogger("spark_vllm")
 PREFIX = "spark_vllm_"
+NODE_LOST, WEDGED = "node-lost", "wedged"  # why the engine restarted
+WEDGE_CAUSES = ("stall", "probe")  # the watchdog's (watchdog.STALL, watchdog.PROBE)
 
 
 @dataclass
@@ -33,7 +35,9 @@ class ServingState:
 
     want: int = 2
     phases: dict[str, float] = field(default_factory=dict)  # phase -> seconds
-    engine_restarts: int = 0
+    restarts: dict[str, int] = field(default_factory=dict)  # cause -> engine restarts
+    wedges: dict[str, int] = field(default_factory=dict)  # watchdog cause (stall, probe) -> wedges seen
+    probes: int = 0  # the watchdog's idle probe requests
     node_loss_detection_s: float | None = None  # the last loss, from its cause to noticing it
     fabric: FabricCheck | None = None  # the check before vLLM started
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
@@ -48,9 +52,17 @@ class ServingState:
         with self._lock:
             self.phases[name] = seconds
 
-    def engine_restarted(self) -> None:
+    def engine_restarted(self, cause: str = NODE_LOST) -> None:
         with self._lock:
-            self.engine_restarts += 1
+            self.restarts[cause] = self.restarts.get(cause, 0) + 1
+
+    def wedged(self, cause: str) -> None:
+        with self._lock:
+            self.wedges[cause] = self.wedges.get(cause, 0) + 1
+
+    def probed(self) -> None:
+        with self._lock:
+            self.probes += 1
 
     def node_lost(self, detection_s: float) -> None:
         with self._lock:
@@ -82,7 +94,8 @@ def samples(state: ServingState, cluster: ClusterState | None, link: Interface |
             out.append(Sample("fabric_link_speed_bits_per_second", "gauge", "The fabric port's link speed",
                               link.speed_mbps * 1e6, labels))
     with state._lock:
-        phases, restarts, loss = dict(state.phases), state.engine_restarts, state.node_loss_detection_s
+        phases, restarts, loss = dict(state.phases), dict(state.restarts), state.node_loss_detection_s
+        wedges, probes = dict(state.wedges), state.probes
         check = state.fabric
     if check is not None:
         out.append(Sample("fabric_bus_bandwidth_bytes_per_second", "gauge",
@@ -93,7 +106,14 @@ def samples(state: ServingState, cluster: ClusterState | None, link: Interface |
                        (("node", ip), ("transport", transport))) for ip, transport in check.transports]
     out += [Sample("phase_duration_seconds", "gauge", "How long each start-up phase took", v, (("phase", k),))
             for k, v in sorted(phases.items())]
-    out.append(Sample("engine_restarts", "counter", "Engine restarts after a lost node", restarts))
+    # Every cause from the start (at 0), so that increase() sees the first one.
+    out += [Sample("engine_restarts", "counter", "Engine restarts, by cause (a lost node, a wedged engine)",
+                   restarts.get(c, 0), (("cause", c),)) for c in (NODE_LOST, WEDGED)]
+    out += [Sample("engine_wedges", "counter", "Wedged engines seen by the watchdog, by how (stall: requests "
+                   "running and no token; probe: an idle probe request unanswered)", wedges.get(c, 0),
+                   (("cause", c),)) for c in WEDGE_CAUSES]
+    out.append(Sample("watchdog_probes", "counter", "One-token probe requests the watchdog sent while idle "
+                      "(they count in vLLM's own request metrics)", probes))
     if loss is not None:
         out.append(Sample("node_loss_detection_seconds", "gauge",
                           "Time from the last node loss to its detection", loss))

@@ -27,6 +27,9 @@ def judge(records: list[RunRecord], server_health: str | None) -> NodeHealth:
     rec = records[0]
     if rec.state == "engine-starting":
         return NodeHealth(False, f"the {rec.role} on {rec.node_ip}: vLLM's engine is still starting")
+    if rec.state in ("wedged", "restarting"):
+        doing = "being ended on every node" if rec.state == "wedged" else "restarting"
+        return NodeHealth(False, f"the {rec.role} on {rec.node_ip}: vLLM's engine wedged and is {doing}")
     if rec.state == "serving":
         ok = server_health == "healthy"
         return NodeHealth(ok, f"the {rec.role} on {rec.node_ip} serves: /health {server_health}")

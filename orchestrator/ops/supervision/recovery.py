@@ -15,10 +15,16 @@
    removed the old ones with their placement group when the engine process died).
 With `exit_on_node_loss`, or once `rejoin_timeout` has passed, it raises `NodeLost`
 instead: the command exits non-zero and the container's restart policy takes over.
+
+A wedged engine (`watchdog`: alive, generating nothing) takes the same path with other
+steps in the middle: while the port answers 503 naming the wedge, what is left of the
+engine is ended on every node (`reaper`), then the restart budget (`budget`) says
+whether to start it again after a pause, or to raise `EngineWedged` (exit 18).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import threading
@@ -29,8 +35,11 @@ from typing import Callable
 
 from ...cluster.membership import log_changes
 from ...cluster.nodes import ClusterState
-from ...errors import EngineFailed, NodeLost
+from ...errors import EngineFailed, EngineWedged, NodeLost
+from . import reaper
+from .budget import RestartBudget, Verdict, decide
 from .supervisor import OK, Loss, Supervisor, peers, probe
+from .watchdog import Watchdog, Wedge
 
 log = logging.getLogger("spark_vllm")
 
@@ -42,6 +51,7 @@ RETRY_AFTER_S = 10
 class RecoveryPolicy:
     exit_on_node_loss: bool = False
     rejoin_timeout: float = DEFAULT_REJOIN_TIMEOUT
+    budget: RestartBudget = RestartBudget()  # for wedges (a lost node has its rejoin timeout)
 
 
 @dataclass(frozen=True)
@@ -49,8 +59,8 @@ class Attempt:
     """One start of the engine: 0 the first, then one per recovery."""
 
     number: int
-    loss: Loss | None = None  # what this restart recovers from
-    lost_at: float | None = None  # time.monotonic() of the detection
+    cause: Loss | Wedge | None = None  # what this restart recovers from
+    detected_at: float | None = None  # time.monotonic() of the detection
 
 
 def whole(state: ClusterState, answers: Callable[[str, int], str]) -> bool:
@@ -127,39 +137,74 @@ class Unavailable:
 def serve_supervised(run_engine: Callable[[Attempt], None], state: Callable[[], ClusterState],
                      policy: RecoveryPolicy, host: str | None, port: int,
                      dead: Callable[[], list[str]] = list,
-                     on_recovering: Callable[[Loss], None] = lambda loss: None,
+                     on_recovering: Callable[[Loss | Wedge], None] = lambda cause: None,
                      supervisor: Callable[..., Supervisor] = Supervisor,
-                     reachable: Callable[[str, int], str] = probe) -> None:
+                     reachable: Callable[[str, int], str] = probe,
+                     watchdog: Callable[[], Watchdog] | None = None,
+                     end_engine: Callable[[reaper.Remains | None], reaper.Ended] = reaper.end,
+                     on_restarting: Callable[[Wedge, Verdict], None] = lambda wedge, verdict: None) -> None:
     """Run the engine (`run_engine(attempt)` blocks while vLLM serves), restarting it
-    after each lost node as `policy` says. Returns when vLLM stopped on its own
-    (SIGTERM, Ctrl-C) with every node in place. `supervisor` and `reachable` are the
-    watcher and the probe (the real ones unless a test swaps them)."""
-    attempt = Attempt(0)
+    after each lost node or wedge as `policy` says. Returns when vLLM stopped on its own
+    (SIGTERM, Ctrl-C) with every node in place. `supervisor`, `watchdog` (None: none),
+    `reachable` and `end_engine` are the watchers, the probe and the reaper (the real ones
+    unless a test swaps them); `on_recovering` and `on_restarting` tell the status and
+    the metrics."""
+    attempt, restarts = Attempt(0), []
     while True:
         failure = None
-        with supervisor(state, dead) as sup:
+        with supervisor(state, dead) as sup, (watchdog() if watchdog else contextlib.nullcontext()) as dog:
             try:
                 run_engine(attempt)
             except EngineFailed as exc:
                 failure = exc
-        loss = sup.loss or sup.settle()
-        if loss is None:
+        cause = sup.loss or (dog.wedge if dog else None) or sup.settle()
+        if cause is None:
             if failure is not None:
                 raise failure
             return
-        stopped_after = time.monotonic() - sup.detected_at
-        if loss.fatal:
-            raise NodeLost(loss.describe(), "see /tmp/ray/session_latest/logs; the restart policy restarts this head")
+        detected_at = dog.detected_at if isinstance(cause, Wedge) else sup.detected_at
+        stopped_after = time.monotonic() - detected_at
+        if isinstance(cause, Wedge):
+            on_recovering(cause)
+            after_wedge(cause, stopped_after, decide(policy.budget, tuple(restarts), time.monotonic()), host, port,
+                        lambda: end_engine(dog.remains), on_restarting)
+            restarts.append(time.monotonic())
+            attempt = Attempt(attempt.number + 1, cause, detected_at)
+            log.info("restart %d after the wedge: starting vLLM with the same arguments", attempt.number)
+            continue
+        if cause.fatal:
+            raise NodeLost(cause.describe(), "see /tmp/ray/session_latest/logs; the restart policy restarts this head")
         if policy.exit_on_node_loss:
-            raise NodeLost(f"{loss.describe()}; vLLM stopped {stopped_after:.1f} s later and "
+            raise NodeLost(f"{cause.describe()}; vLLM stopped {stopped_after:.1f} s later and "
                            "--exit-on-node-loss is set", "the restart policy restarts this head, which then "
                            "waits for the nodes again")
         log.info("vLLM stopped %.1f s after the loss; answering 503 on port %d while waiting up to %g s for "
                  "%s to rejoin (its `spark-vllm serve --head-ip` rejoins when restarted)",
-                 stopped_after, port, policy.rejoin_timeout, loss.ip)
-        on_recovering(loss)
-        with Unavailable(host, port, loss.describe()):
-            waited = wait_for_rejoin(state, loss, policy.rejoin_timeout, dead, reachable)
-        attempt = Attempt(attempt.number + 1, loss, sup.detected_at)
+                 stopped_after, port, policy.rejoin_timeout, cause.ip)
+        on_recovering(cause)
+        with Unavailable(host, port, cause.describe()):
+            waited = wait_for_rejoin(state, cause, policy.rejoin_timeout, dead, reachable)
+        attempt = Attempt(attempt.number + 1, cause, detected_at)
         log.info("restart %d: the cluster is whole again after %.1f s; starting vLLM with the same arguments",
                  attempt.number, waited)
+
+
+def after_wedge(wedge: Wedge, stopped_after: float, verdict: Verdict, host: str | None, port: int,
+                end_engine: Callable[[], reaper.Ended], on_restarting: Callable[[Wedge, Verdict], None]) -> None:
+    """While the port answers 503 naming the wedge: end the old engine on every node,
+    then pause before the restart, or raise EngineWedged when the budget is spent
+    (after the ending: the head leaves nothing running)."""
+    log.info("vLLM's server stopped %.1f s after the wedge was seen; answering 503 on port %d while the old "
+             "engine is ended on every node", stopped_after, port)
+    with Unavailable(host, port, wedge.describe()):
+        ended = end_engine()
+        log.info("old engine ended: %s", ended.describe())
+        if ended.left:
+            log.warning("still in Ray's tables after the wait: %s", "; ".join(ended.left))
+        if not verdict.restart:
+            raise EngineWedged(f"{wedge.describe()}; {verdict.describe()}",
+                               "the head exits so that the container's restart policy starts it afresh; "
+                               "the log above says what was killed where")
+        log.info("next: %s", verdict.describe())
+        on_restarting(wedge, verdict)
+        time.sleep(verdict.pause)

@@ -111,7 +111,34 @@ def kill_engine() -> list[int]:
     return killed
 
 
-class Supervisor:
+class Watcher:
+    """A daemon thread running `_run` until `stop()`, usable as `with`. Subclasses set
+    `_stopped` (an Event), `_poll` and `name`."""
+
+    name = "spark-vllm-watcher"
+    _thread: threading.Thread | None = None
+
+    def start(self):
+        self._thread = threading.Thread(target=self._run, name=self.name, daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stopped.set()
+        if self._thread:
+            self._thread.join(timeout=2 * (self._poll + PROBE_TIMEOUT_S))
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    def _run(self) -> None:
+        raise NotImplementedError
+
+
+class Supervisor(Watcher):
     """Watches the serving cluster from a daemon thread; on a loss records it in
     `loss`, logs it, and kills the engine (again each poll until `stop`, since a loss
     during the engine's build may come before its process exists).
@@ -129,24 +156,12 @@ class Supervisor:
         self.loss: Loss | None = None
         self.detected_at: float | None = None  # time.monotonic() of the detection
         self.serving: ClusterState | None = None
-        self._thread: threading.Thread | None = None
+
+    name = "spark-vllm-supervisor"
 
     def start(self) -> "Supervisor":
         self.serving = self._state()
-        self._thread = threading.Thread(target=self._run, name="spark-vllm-supervisor", daemon=True)
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._stopped.set()
-        if self._thread:
-            self._thread.join(timeout=2 * (self._poll + PROBE_TIMEOUT_S))
-
-    def __enter__(self) -> "Supervisor":
-        return self.start()
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
+        return super().start()
 
     def _run(self) -> None:
         start = time.monotonic()
