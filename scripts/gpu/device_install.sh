@@ -4,9 +4,9 @@
 set -e
 . "$(dirname "$0")/device_common.sh"
 store "$@"
-rm -rf /root/blob && mkdir -p /root/blob && cat /root/wh/part-* | tar xf - -C /root/blob && rm -f /root/wh/part-*
+rm -rf /root/blob && mkdir -p /root/blob && cat /root/wh/part-* | tar xif - -C /root/blob && rm -f /root/wh/part-*
 cd /root/blob
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /root/site \
     $(ls *.whl | grep -v -E "^(ray-2.60.0|jsonschema-4|jsonschema_specifications|referencing|rpds_py|pyroute2|typing_extensions)")
-ls -d /root/blob/*/ ; df -h /root | tail -1
+ls -d /root/blob/*/ || true; df -h /root | tail -1
 cd /root/code && timeout 120 python3 -c "import vllm, ray; print('vllm', vllm.__version__, 'ray', ray.__version__)"

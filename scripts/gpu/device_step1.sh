@@ -6,7 +6,7 @@
 set -e
 . "$(dirname "$0")/device_common.sh"
 store "$@"
-cat /root/wh/part-* | tar xf - -C /root/blob 2>/dev/null || true
+cat /root/wh/part-* | tar xif - -C /root/blob 2>/dev/null || true
 cd /root/blob
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /root/site \
     ray-2.60.0-*.whl jsonschema-4*.whl jsonschema_specifications*.whl referencing*.whl rpds_py*.whl \

@@ -2,8 +2,10 @@
 Sparks on the machine's GPUs (one each, or one shared: see gpusim), then load and a
 lost worker, on one served cluster.
 
-The playbook's two requests, `spark-vllm bench` (vLLM's benchmark client) at
-concurrency 1, 4 and 16 from the worker's namespace, then the worker lost while
+The playbook's two requests, vLLM's benchmark client (bench_client.py) at concurrency
+1, 4 and 16 from the worker's namespace (4 x concurrency requests, at least 8, of 64
+tokens in and out; on a shared GPU a token takes about 0.28 s, so a level may take
+minutes), then the worker lost while
 serving (everything in its namespace SIGKILLed, benchmarks.recovery's `kill` round)
 and started again: the time to detect and until the head serves again in the same
 process. Then SIGTERM to both and a check that nothing is left. Writes JSON and logs
@@ -33,6 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from cluster_scenario import say, versions  # noqa: E402
 
 CONCURRENCIES = "1,4,16"
+BENCH = Path(__file__).resolve().parent / "bench_client.py"
 
 
 def main(argv: list[str]) -> int:
@@ -67,10 +70,20 @@ def main(argv: list[str]) -> int:
                          capture_output=True, text=True, timeout=180)
             result["requests"] = json.loads(r.stdout) if r.returncode == 0 else {"error": r.stderr[-2000:]}
             say("client", json.dumps(result["requests"])[:2000])
-            r = node.run(sys.executable, "-m", "launch", "bench", "--url", sim.url, "--model", model,
-                         "--concurrency", CONCURRENCIES, "--output-len", "64", "--json",
-                         capture_output=True, text=True, timeout=300)
-            result["bench"] = json.loads(r.stdout) if r.returncode == 0 else {"error": (r.stdout + r.stderr)[-3000:]}
+            levels = []
+            for c in CONCURRENCIES.split(","):
+                flags = ["--backend", "vllm", "--base-url", sim.url, "--model", model, "--tokenizer", model,
+                         "--dataset-name", "random", "--random-input-len", "64", "--random-output-len", "64",
+                         "--num-prompts", str(max(8, 4 * int(c))), "--max-concurrency", c, "--ignore-eos"]
+                try:
+                    r = node.run(sys.executable, str(BENCH), *flags, capture_output=True, text=True, timeout=240)
+                    line = next((ln for ln in r.stdout.splitlines() if ln.startswith("BENCH_JSON ")), None)
+                    levels.append({"concurrency": int(c), **(json.loads(line.split(" ", 1)[1]) if line else
+                                                             {"error": (r.stdout + r.stderr)[-1500:]})})
+                except Exception as exc:
+                    levels.append({"concurrency": int(c), "error": str(exc)[-500:]})
+                say("bench", json.dumps(levels[-1])[:600])
+            result["bench"] = {"levels": levels}
             say("bench", json.dumps(result["bench"])[:3000])
             try:
                 result["recovery"] = one_round("kill", sim, model, lines, work, 2, runs)
