@@ -118,8 +118,9 @@ def loaded_auth_mismatch(wanted: str | None, loaded: str) -> bool:
     process (`loaded`: "token" or "disabled") differs from the planned RAY_AUTH_MODE.
     Ray's C++ core reads its RAY_* settings once, when `ray._raylet` is first imported
     (vLLM's CUDA build imports it at its own import): a mode changed afterwards reaches
-    the daemons this process starts but not this process's own GCS client."""
-    return (wanted or "disabled").lower() != loaded
+    the daemons this process starts but not this process's own GCS client. Nothing
+    planned (`wanted` None): Ray's own default stands, no mismatch."""
+    return wanted is not None and wanted.lower() != loaded
 
 
 def sync_loaded_auth(environ: Mapping[str, str]) -> None:

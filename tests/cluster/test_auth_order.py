@@ -76,7 +76,7 @@ def test_a_refused_start_leaves_no_ray_daemon(tmp_path):
 
 @pytest.mark.parametrize("wanted, loaded, mismatch", [
     ("token", "disabled", True), ("token", "token", False), ("disabled", "disabled", False),
-    (None, "disabled", False), ("TOKEN", "token", False), ("disabled", "token", True)])
+    (None, "disabled", False), (None, "token", False), ("TOKEN", "token", False), ("disabled", "token", True)])
 def test_loaded_auth_mismatch(wanted, loaded, mismatch):
     assert ray_node.loaded_auth_mismatch(wanted, loaded) is mismatch
 
