@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 
 import pytest
 
@@ -51,25 +53,29 @@ print("RESULT " + json.dumps(out))
 """
 
 
-def run_case(mode: str, tmp_path) -> dict:
+def run_case(mode: str) -> dict:
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
     env.update(RAY_USAGE_STATS_ENABLED="0")
-    r = subprocess.run([sys.executable, "-c", SCRIPT, mode, str(tmp_path), str(46300 + os.getpid() % 500)],
-                       capture_output=True, text=True, timeout=180, env=env)
+    tmp = tempfile.mkdtemp(prefix="svauth-")  # short: Ray's socket paths must stay under 108 bytes
+    try:
+        r = subprocess.run([sys.executable, "-c", SCRIPT, mode, tmp, str(46300 + os.getpid() % 500)],
+                           capture_output=True, text=True, timeout=180, env=env)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     line = next((ln for ln in r.stdout.splitlines() if ln.startswith("RESULT ")), None)
     assert line, r.stdout[-2000:] + r.stderr[-3000:]
     return json.loads(line.split(" ", 1)[1])
 
 
-def test_head_with_token_auth_starts_although_ray_loaded_first(tmp_path):
-    out = run_case("node", tmp_path)
+def test_head_with_token_auth_starts_although_ray_loaded_first():
+    out = run_case("node")
     assert "error" not in out, out["error"]
     assert out["nodes"] == 1 and out["left"] == []
 
 
-def test_a_refused_start_leaves_no_ray_daemon(tmp_path):
+def test_a_refused_start_leaves_no_ray_daemon():
     """The head's GCS came up, then its own client was refused: what it started is stopped."""
-    out = run_case("start_node", tmp_path)
+    out = run_case("start_node")
     assert "InvalidAuthToken" in out.get("error", ""), out
     assert out["left"] == [], f"left running after a failed start: {out['left']}"
 
