@@ -72,7 +72,7 @@ def one_round(kind: str, sim, model: str, lines: Lines, workdir: Path, n: int, r
             sim.net.set_link(worker_node, up=True)
         restart = time.monotonic()
         runs.append(start_serve(worker_node, f"worker-{n}", workdir, lines, "--head-ip", head_node.ip,
-                                "--nodes", "2", env=sim.env()))
+                                "--nodes", "2", env=sim.env(1), mode=sim.mode))
         whole = lines.wait("head", "whole again", restart, 600)
         ready = lines.wait("head", "ready again", restart, 600)
     return {"kind": kind, "detect_s": round(not_200["t"] - wall, 2),

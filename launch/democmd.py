@@ -32,8 +32,8 @@ def register(sub, settings: Settings) -> None:
                    help="use loopback addresses 127.0.0.2/.3 instead of network namespaces "
                         "(the default where namespaces cannot be built, i.e. without root)")
     p.add_argument("--gpu", action="store_true",
-                   help="the GPU simulation: one real GPU per simulated Spark (a machine with 2 GPUs), "
-                        "vLLM's CUDA engine, NCCL over the veth")
+                   help="the GPU simulation: this machine's GPUs, one per simulated Spark with two or more, "
+                        "shared with one; vLLM's CUDA engine, NCCL over the veth")
     p.set_defaults(func=run, needs_ray=True)
 
 
@@ -59,7 +59,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         print_json(result.to_json())
         return 0
     a, t, g = result.answers, result.timings, result.agreement
-    where = "two simulated Sparks, one GPU each" if args.gpu else "two simulated Sparks"
+    where = "two simulated Sparks on this machine's GPUs" if args.gpu else "two simulated Sparks"
     print(f"\nserved {result.model} at {result.url}, tensor parallel 2 over Ray across {where}")
     print(f"\nchat  > {a['chat']['prompt']}\n      < {a['chat']['answer']!r}  ({a['chat']['tokens']} tokens, {a['chat']['seconds']:.2f} s)")
     print(f"\ncompl > {a['completion']['prompt']}\n      < {a['completion']['answer']!r}  "

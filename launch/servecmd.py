@@ -20,7 +20,7 @@ from orchestrator.net.discovery import discover
 from orchestrator.ops.observation import logs, metrics
 from orchestrator.ops.supervision import budget, reaper, recovery, supervisor, watchdog
 from orchestrator.serve import compat, engine, health, vllm_plugin
-from orchestrator.cluster.bootstrap import SIMULATE_VAR, NodePlan, apply_environment
+from orchestrator.cluster.bootstrap import SIMULATE_VAR, NodePlan, apply_environment, prepare
 from orchestrator.errors import UsageError
 from orchestrator.settings import Settings
 
@@ -103,16 +103,26 @@ def make_watchdog(args: argparse.Namespace, vargs: argparse.Namespace, model: st
 
 @contextlib.contextmanager
 def head_cluster(plan: NodePlan):
-    """Attach to an existing cluster (RAY_ADDRESS, `ray job submit`) or start the head."""
+    """Attach to an existing cluster (RAY_ADDRESS, `ray job submit`) or start the head;
+    the plan's environment is applied already (`plan_first`)."""
     address = ray_node.attach_address(os.environ)
     if address:
         log.info("attaching to the Ray cluster at %s (RAY_ADDRESS / ray job submit): starting no node", address)
-        apply_environment(plan, os.environ)
         with sigterm_stops():
             yield None, address
         return
-    with running_node(plan) as node:
+    with running_node(plan, prepared=True) as node:
         yield node, node.address
+
+
+def plan_first(plan: NodePlan, environ=os.environ) -> None:
+    """The plan's environment, Ray's token settings included, before anything imports
+    Ray or vLLM: vLLM's CUDA build imports Ray (whose core reads RAY_AUTH_MODE once, as
+    it loads) at its own import, which runs beside the head's start."""
+    if ray_node.attach_address(environ):
+        apply_environment(plan, environ)  # the cluster exists: no token to make, no node to start
+    else:
+        prepare(plan, environ)
 
 
 def serving_metrics(plan: NodePlan, t_cluster: float) -> metrics.ServingState:
@@ -143,6 +153,7 @@ def run_serve(args: argparse.Namespace, settings: Settings) -> int:
     if not ray_node.attach_address(os.environ):  # attached, the real cluster is checked at once
         tp, pp = engine.explicit_parallel_sizes(args.extra)
         engine.check_planned_size(tp, pp, plan.cluster.nodes, ray_node.this_node_gpus(plan.cluster))
+    plan_first(plan)
     # vLLM imports while Ray starts and the other Sparks join; a bad flag still fails
     # in seconds, and the Ray node started meanwhile is stopped on the way out.
     loading = engine.load_in_background()

@@ -89,8 +89,10 @@ def apply_environment(plan: NodePlan, environ: MutableMapping[str, str]) -> None
     environ.update(plan.environment())
 
 
-def bring_up(plan: NodePlan, environ: MutableMapping[str, str] = os.environ) -> RayNode:
-    """Apply the environment, then start (head) or join (worker) Ray."""
+def prepare(plan: NodePlan, environ: MutableMapping[str, str] = os.environ) -> None:
+    """Apply the plan's environment (network, Ray's token settings) and, on the head,
+    make a missing token file. Before anything in this process imports Ray or vLLM:
+    Ray's core reads its RAY_* settings once, when it loads."""
     for note in plan.network.env.notes:
         log.info(note)
     apply_environment(plan, environ)
@@ -99,6 +101,13 @@ def bring_up(plan: NodePlan, environ: MutableMapping[str, str] = os.environ) -> 
     elif plan.role == "head" and ensure_token(plan.auth, create=True, environ=environ):
         log.info("created a Ray auth token in %s (mode 0600); on the other Sparks: %s",
                  plan.auth.token_file, share_hint(plan.auth.token_file))
+
+
+def bring_up(plan: NodePlan, environ: MutableMapping[str, str] = os.environ, prepared: bool = False) -> RayNode:
+    """Apply the environment (unless `prepared` did it already), then start (head) or
+    join (worker) Ray."""
+    if not prepared:
+        prepare(plan, environ)
     c = plan.cluster
     log.info("this Spark is the %s: %s on %s (%s); %s", plan.role, c.node_ip,
              plan.network.choice.name, plan.network.choice.reason, plan.auth.describe())

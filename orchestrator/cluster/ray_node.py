@@ -117,39 +117,92 @@ def _auth_refused(exc: BaseException) -> bool:
     return any("InvalidAuthToken" in str(e) for e in (exc, exc.__cause__) if e is not None)
 
 
+def loaded_auth_mismatch(wanted: str | None, loaded: str) -> bool:
+    """Pure: whether the token mode Ray's core library took when it loaded in this
+    process (`loaded`: "token" or "disabled") differs from the planned RAY_AUTH_MODE.
+    Ray's C++ core reads its RAY_* settings once, when `ray._raylet` is first imported
+    (vLLM's CUDA build imports it at its own import): a mode changed afterwards reaches
+    the daemons this process starts but not this process's own GCS client. Nothing
+    planned (`wanted` None): Ray's own default stands, no mismatch."""
+    return wanted is not None and wanted.lower() != loaded
+
+
+def sync_loaded_auth(environ: Mapping[str, str]) -> None:
+    """Make this process's Ray core take the planned token settings: when it loaded
+    before they were set (vLLM's CUDA build imports Ray at its own import), re-read
+    them as Ray itself does when it turns token auth on (`Config.initialize`, then a
+    fresh token cache). Without it the head's own GCS client goes without the token
+    its GCS requires, and the start fails with InvalidAuthToken."""
+    from ray._private.authentication.authentication_utils import get_authentication_mode_name
+    from ray._raylet import AuthenticationTokenLoader, Config, get_authentication_mode
+
+    if loaded_auth_mismatch(environ.get("RAY_AUTH_MODE"), get_authentication_mode_name(get_authentication_mode())):
+        log.debug("Ray loaded before its token settings were applied; re-reading them")
+        Config.initialize("")
+        AuthenticationTokenLoader.instance().reset_cache()
+    loaded = get_authentication_mode_name(get_authentication_mode())
+    if loaded_auth_mismatch(environ.get("RAY_AUTH_MODE"), loaded):
+        raise ClusterError(f"Ray's token authentication is {loaded} in this process although "
+                           f"RAY_AUTH_MODE={environ.get('RAY_AUTH_MODE')}",
+                           "set RAY_AUTH_MODE before starting spark-vllm, or pass --no-auth on every Spark")
+
+
+def is_ray_daemon(cmdline: list[str]) -> bool:
+    """Pure: a process Ray's node starts (gcs_server, raylet, dashboard, its agents,
+    log monitor, reaper): its program lives in Ray's package."""
+    return any("/ray/" in part or part in ("gcs_server", "raylet") for part in cmdline[:3])
+
+
+def descendants() -> dict[int, "psutil.Process"]:
+    import psutil
+
+    return {p.pid: p for p in psutil.Process().children(recursive=True)}
+
+
+def terminate_all(procs: list, grace: float = 5.0) -> None:
+    """SIGTERM, then SIGKILL after `grace` seconds, to those of `procs` still running."""
+    import psutil
+
+    for p in procs:
+        with contextlib.suppress(psutil.Error):
+            p.terminate()
+    _, alive = psutil.wait_procs(procs, timeout=grace)
+    for p in alive:
+        with contextlib.suppress(psutil.Error):
+            p.kill()
+
+
+def new_ray_daemons(before: set[int]) -> list:
+    """This process's descendants started since `before` (pids) that are Ray's."""
+    import psutil
+
+    found = []
+    for pid, p in descendants().items():
+        with contextlib.suppress(psutil.Error):
+            if pid not in before and is_ray_daemon(p.cmdline()):
+                found.append(p)
+    return found
+
+
 class RayNode:
     """This machine's Ray processes (GCS and dashboard on the head, raylet everywhere)."""
 
     def __init__(self, opts: ClusterOptions) -> None:
         raycompat.require_ray()  # before Ray is imported
         os.environ["RAY_USAGE_STATS_ENABLED"] = "0"  # else `ray start` asks and waits 10 s
-        from ray._private.node import Node
-
-        class QuietNode(Node):
-            def check_version_info(self) -> None:
-                """Ray's own check names a joining node by probing 8.8.8.8, which warns
-                "Failed to determine local IP via external connectivity" on every worker
-                start (a Spark's fabric has no route out); name it by its given address."""
-                from ray._common.usage.usage_lib import get_cluster_metadata
-                from ray._private.utils import check_version_info
-
-                cluster = get_cluster_metadata(self.get_gcs_client())
-                if cluster:
-                    check_version_info(cluster, f"node {self._node_ip_address}")
-        from ray._private.parameter import RayParams
-        from ray._private.utils import write_ray_address
-
+        sync_loaded_auth(os.environ)
         raycompat.ensure_token_file()
         self.opts = opts
         try:
-            self._node = QuietNode(RayParams(**ray_params(opts, os.environ)), head=opts.head,
-                              shutdown_at_exit=False, spawn_reaper=True)
+            self._node = start_node(opts)
         except Exception as exc:  # Ray raises bare Exceptions/ConnectionErrors here
             if _auth_refused(exc):
                 raise ClusterError(f"the head {opts.gcs_address} refused this node's Ray auth token",
                                    AUTH_HINT) from exc
             raise ClusterError(f"Ray could not start on {opts.node_ip}: {exc}",
                                "see the Ray logs under /tmp/ray/session_latest/logs") from exc
+        from ray._private.utils import write_ray_address
+
         self.address = self._node.gcs_address
         write_ray_address(self.address, opts.temp_dir)  # so `ray status` works as before
 
@@ -159,19 +212,46 @@ class RayNode:
     def stop(self, grace: float = 5.0) -> None:
         """Stop Ray's processes, then any descendant they left behind (the raylet's
         dashboard and runtime-env agents outlive it otherwise)."""
-        import psutil
-
-        me = psutil.Process()
-        before = me.children(recursive=True)
+        before = list(descendants().values())
         self._node.kill_all_processes(check_alive=False, allow_graceful=True, wait=True)
-        left = [p for p in before if p.is_running()]
-        for p in left:
-            with contextlib.suppress(psutil.Error):
-                p.terminate()
-        _, alive = psutil.wait_procs(left, timeout=grace)
-        for p in alive:
-            with contextlib.suppress(psutil.Error):
-                p.kill()
+        terminate_all(before, grace)
+
+
+def start_node(opts: ClusterOptions):
+    """Ray's Node for `opts` (what `ray start` runs). When its start fails, whatever it
+    had started (a head's GCS, the reaper, a raylet) is stopped before the error goes
+    on: a failed start leaves no Ray daemon behind."""
+    from ray._private.node import Node
+    from ray._private.parameter import RayParams
+
+    before = set(descendants())
+    started: list = []
+
+    class QuietNode(Node):
+        def __init__(self, *args, **kwargs) -> None:
+            started.append(self)  # Ray's Node records what it starts in self.all_processes
+            super().__init__(*args, **kwargs)
+
+        def check_version_info(self) -> None:
+            """Ray's own check names a joining node by probing 8.8.8.8, which warns
+            "Failed to determine local IP via external connectivity" on every worker
+            start (a Spark's fabric has no route out); name it by its given address."""
+            from ray._common.usage.usage_lib import get_cluster_metadata
+            from ray._private.utils import check_version_info
+
+            cluster = get_cluster_metadata(self.get_gcs_client())
+            if cluster:
+                check_version_info(cluster, f"node {self._node_ip_address}")
+
+    try:
+        return QuietNode(RayParams(**ray_params(opts, os.environ)), head=opts.head,
+                         shutdown_at_exit=False, spawn_reaper=True)
+    except BaseException:
+        if started and getattr(started[0], "all_processes", None):
+            with contextlib.suppress(Exception):
+                started[0].kill_all_processes(check_alive=False, allow_graceful=False, wait=True)
+        terminate_all(new_ray_daemons(before))  # what Ray's own record missed (its agents)
+        raise
 
 
 def connect_driver(address: str, node_ip: str | None = None, quiet: bool = False,

@@ -76,7 +76,7 @@ def main(out_dir: str, gpu: bool = True) -> int:
     result: dict = {"versions": versions()}
     say("gpu", json.dumps(result["versions"]))
     if gpu:
-        gpusim.check_gpus(2)
+        gpusim.plan_gpus(gpusim.visible_gpus(), 2)  # no GPU: said at once
     work = Path(tempfile.mkdtemp(prefix="svgpu-"))
     env = {**os.environ, "SPARK_VLLM_RUN_DIR": str(work / "run"), "RAY_USAGE_STATS_ENABLED": "0",
            "NCCL_DEBUG": "INFO", "NCCL_DEBUG_SUBSYS": "INIT,NET"}

@@ -1,15 +1,16 @@
 #!/bin/sh
-# Step 1 on the 2-GPU machine (run from the folder it was carried in, after
-# device_prepare.sh put ray's first part in /root/wh): install the wheels outside the
-# repo, unpack the code, run the cluster scenario. Results in $OUT.
+# Step 1 on the GPU machine, once the parts that hold Ray are there (the stream starts
+# with Ray's and step 1's wheels; the part cut short at the end is left for later):
+# install them outside the repository, then the cluster scenario (head, worker, status,
+# fabric-test over NCCL and Gloo) and the NCCL library report. Results in $OUT.
 set -e
-cd "$(dirname "$0")"
-cat /root/wh/ray.part-* ray.part-* > /root/wh/ray-2.60.0-cp312-cp312-manylinux2014_x86_64.whl
-# vLLM's dependencies, if they came along, wait in /root/wh/deps for step 2.
-if [ -f deps.tar ]; then mkdir -p /root/wh/deps && tar xf deps.tar -C /root/wh/deps; fi
+. "$(dirname "$0")/device_common.sh"
+store "$@"
+cat /root/wh/part-* | tar xif - -C /root/blob 2>/dev/null || true
+cd /root/blob
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /root/site \
-    /root/wh/ray-2.60.0-*.whl ./*.whl
-mkdir -p /root/code && tar xzf code.tgz -C /root/code
-export PYTHONPATH=/root/code:/root/site PATH=/root/site/bin:$PATH PYTHONUNBUFFERED=1
-export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
-cd /root/code && python3 scripts/gpu/cluster_scenario.py "${OUT:-/root/out}"
+    ray-2.60.0-*.whl jsonschema-4*.whl jsonschema_specifications*.whl referencing*.whl rpds_py*.whl \
+    pyroute2*.whl typing_extensions*.whl
+cd /root/code
+timeout 120 python3 scripts/gpu/nccl_report.py > "$OUT/nccl.json" || true
+timeout 300 python3 scripts/gpu/cluster_scenario.py "$OUT"

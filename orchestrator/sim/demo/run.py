@@ -41,12 +41,7 @@ log = logging.getLogger("spark_vllm")
 # token: the padded SmolLM2 in float32 under TP 2, 2 x 30 x 2 x 64 x 4 = 30 KiB, so
 # 64 MiB hold 2184 tokens a rank; in one process (4 KV heads) 1092: both over 512.
 SIM_VLLM_FLAGS = ("--max-model-len", "512", "--max-num-seqs", "16", "--kv-cache-memory-bytes", str(64 << 20))
-# The GPU simulation (one real GPU per simulated Spark): a small KV cache, and eager
-# mode, since compiling and capturing CUDA graphs for a toy model costs more than it saves.
-# vLLM's custom all-reduce takes both simulated Sparks for one host (they share its
-# /dev/shm) and reaches for the other GPU over P2P: off, as between two real Sparks.
-GPU_VLLM_FLAGS = ("--max-model-len", "512", "--max-num-seqs", "16", "--gpu-memory-utilization", "0.2",
-                  "--enforce-eager", "--disable-custom-all-reduce")
+GPU_VLLM_FLAGS = gpusim.GPU_VLLM_FLAGS  # the GPU simulation's (see gpusim)
 PORT = 8000
 MAX_TOKENS = 32
 MODELS = ("smollm2", "tiny")  # the first is the default
@@ -161,10 +156,18 @@ class SimCluster:
     url: str  # http://HEAD:PORT, reachable from inside the simulated Sparks
     ready_s: float
     token_file: str  # the Ray auth token the simulated Sparks share
+    gpus: gpusim.GpuLayout | None = None  # the GPU simulation's layout; None: the CPU simulation
 
-    def env(self) -> dict[str, str]:
-        """The environment a node of this cluster starts with: the Ray token it shares."""
-        return {**os.environ, TOKEN_VAR: self.token_file}
+    @property
+    def mode(self) -> tuple[str, ...]:
+        """The flag that picks the simulation: none for real GPUs, else --simulate."""
+        return () if self.gpus else ("--simulate",)
+
+    def env(self, index: int = -1) -> dict[str, str]:
+        """The environment simulated Spark `index` starts with (also when started
+        again): the Ray token it shares, and its GPU when the GPUs are real."""
+        gpu = self.gpus.env(index % len(self.net.nodes)) if self.gpus else {}
+        return {**os.environ, TOKEN_VAR: self.token_file, **gpu}
 
     def client(self, index: int = -1) -> netns.SimNode:
         """A simulated Spark to send requests from (the last worker by default)."""
@@ -194,18 +197,19 @@ def serving_cluster(workdir: Path, model: str, on_line: Callable[[str, str], Non
     `gpu`: the GPU simulation (one real GPU each, vLLM's CUDA engine) instead of the CPU one.
     Each node compiles into its own caches under `cache_base` (default `workdir/caches`)."""
     if gpu:
-        gpusim.check_gpus(nodes)
+        gpusim.plan_gpus(gpusim.visible_gpus(), nodes)  # no GPU: said before any namespace is made
     env = {**os.environ, TOKEN_VAR: str(workdir / "ray-token")}
     with simulated_sparks(nodes, prefix, loopback, on_line) as net:
         head_node, *worker_nodes = net.nodes
         on_line("demo", f"{nodes} simulated Sparks: {', '.join(n.ip for n in net.nodes)} on {head_node.iface}")
-        if gpu:
-            on_line("demo", gpusim.describe(nodes))
+        layout = gpusim.layout_here(net) if gpu else None
+        if layout:
+            on_line("demo", layout.describe())
         mode = () if gpu else ("--simulate",)
 
         def start(label, index, node, *args):
             extra = {"VLLM_API_KEY": api_key} if api_key and label == "head" else {}
-            extra.update(gpusim.gpu_env(index) if gpu else {})
+            extra.update(layout.env(index) if layout else {})
             return start_serve(node, label, workdir, on_line, *args, "--nodes", str(nodes), python=python,
                                env={**env, **extra}, mode=mode, cache_base=cache_base)
 
@@ -220,7 +224,8 @@ def serving_cluster(workdir: Path, model: str, on_line: Callable[[str, str], Non
                     # Ray's fixed 30 s startup wait (a simulation limit, not a Spark one).
                     wait_ready(workers[-1], [head, *workers[:-1]], timeout, event="joined")
             ready = wait_ready(head, workers, timeout)
-            yield SimCluster(net, head, tuple(workers), f"http://{head_node.ip}:{PORT}", ready, env[TOKEN_VAR])
+            yield SimCluster(net, head, tuple(workers), f"http://{head_node.ip}:{PORT}", ready, env[TOKEN_VAR],
+                             layout)
         finally:
             runs = (head, *workers)
             t = time.monotonic()
