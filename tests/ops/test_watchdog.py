@@ -255,7 +255,8 @@ def test_stopped_worker_rank_idle_three_restarts_leave_nothing_behind(served):
     assert 'spark_vllm_engine_restarts_total{cause="wedged"} 3.0' in metrics
     assert 'spark_vllm_engine_wedges_total{cause="stall"} 1.0' in metrics
     assert 'spark_vllm_engine_wedges_total{cause="probe"} 2.0' in metrics
-    probes = float(metrics.split("spark_vllm_watchdog_probes_total ", 1)[1].split()[0])
+    probes = next(float(line.split()[1]) for line in metrics.splitlines()
+                  if line.startswith("spark_vllm_watchdog_probes_total "))  # the sample, not its HELP line
     assert probes >= 1
     # The probes stay out of the log (uvicorn's access log drops them).
     text = "".join(Path(served["sim"].head.log_path).read_text())

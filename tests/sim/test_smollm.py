@@ -47,12 +47,18 @@ def params_to(model, dtype):
 def assert_same_logits(a, b, prompts):
     import torch
 
-    for dtype in (torch.bfloat16, torch.float32):
+    for dtype in (torch.float32, torch.bfloat16):
         a_, b_ = params_to(a, dtype), params_to(b, dtype)
         for ids in prompts:
             with torch.no_grad():
                 la, lb = a_(torch.tensor([ids])).logits, b_(torch.tensor([ids])).logits
-            assert torch.equal(la, lb), (dtype, (la - lb).abs().max().item())
+            # The padded heads add zeros, but the padded shapes may take other CPU matmul
+            # blockings, which round differently (seen with the libraries of 2026-12-02: 3e-5
+            # in float32, up to 0.84 on bf16 logits near 27; a wrong padding moves logits by
+            # whole units). float32 agrees to rounding; the greedy token agrees everywhere.
+            if dtype == torch.float32:
+                assert torch.allclose(la, lb, rtol=0, atol=1e-4), (dtype, (la - lb).abs().max().item())
+            assert torch.equal(la.argmax(-1), lb.argmax(-1)), (dtype, (la - lb).abs().max().item())
 
 
 def test_padding_a_random_llama_with_smollm2_heads_changes_no_logit():
