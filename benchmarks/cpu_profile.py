@@ -11,7 +11,7 @@ regression shows where it comes from (see docs/performance.md).
 from __future__ import annotations
 
 import contextlib
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 # First match wins; matched against the whole command line (Ray and vLLM retitle their
 # processes: `ray::RayWorkerProc.run`, `VLLM::EngineCore`).
@@ -109,8 +109,3 @@ def with_process(spent_s: dict[str, dict[str, float]], node: str, role_name: str
     roles["total"] = round(roles.get("total", 0.0) + seconds, 2)
     return out
 
-
-def placement(samples: dict[int, ProcSample]) -> list[dict]:
-    """Pure: the processes that matter for speed (vLLM's), with their threads and CPUs."""
-    keep = ("vllm-tp-worker", "vllm-engine-core", "spark-vllm-serve", "vllm-serve")
-    return [asdict(s) for s in sorted(samples.values(), key=lambda s: (s.node, s.role)) if s.role in keep]
