@@ -1,5 +1,5 @@
 """vLLM's own multi-node `mp` executor against its Ray executor, on the same two
-simulated Sparks (CPU), as JSON (benchmarks/results/executors.json).
+simulated Sparks (CPU, or the GPU simulation with `--gpu`), as JSON (benchmarks/results/executors.json).
 
 Both through `vllm serve` (vLLM's CLI entry point, `benchmarks.shell_flow`), the same
 model, flags and variables (`spark-vllm env`'s plan, as the harness gives the shell
@@ -15,7 +15,7 @@ benchmark client from the worker Spark at concurrency 1, 4 and 16 (each level's 
 two runs): output tokens/s, TPOT (decode: 1000 / TPOT tokens/s a sequence), TTFT.
 A run that fails keeps its error and the last lines of its log. Needs root.
 
-    .venv/bin/python -m benchmarks.executors [--pairs 2] [--no-serving]
+    .venv/bin/python -m benchmarks.executors [--pairs 2] [--no-serving] [--gpu --model DIR]
 """
 
 from __future__ import annotations
@@ -28,11 +28,11 @@ import statistics
 import time
 from pathlib import Path
 
-from orchestrator.sim.namespaces import netns
+from orchestrator.sim.namespaces import gpusim, netns
 from orchestrator.sim.models.tinymodel import make_tiny_model
 
 from . import shell_flow
-from .side_by_side import PORT, PY, RESULTS, SIM_VLLM_FLAGS, Bench, clear, paired, say
+from .side_by_side import PORT, PY, RESULTS, Bench, add_setup_args, clear, paired, say
 
 MP_PORT = 29600  # vLLM's master port for the mp executor's cross-node setup
 # The mp executor pins each node's worker to "its" cores (VLLM_CPU_OMP_THREADS_BIND=auto:
@@ -47,7 +47,7 @@ def cold_mp(bench: Bench, serve: bool) -> dict:
     try:
         t0 = time.time()
         probe = bench.first_token_probe()
-        common = (*SIM_VLLM_FLAGS, "--tensor-parallel-size", "2", "--distributed-executor-backend", "mp",
+        common = (*bench.flags, "--tensor-parallel-size", "2", "--distributed-executor-backend", "mp",
                   "--nnodes", "2", "--master-addr", bench.head.ip, "--master-port", str(MP_PORT))
         head = bench.proc(bench.head, shell_flow.vllm_serve(PY, bench.model, "--port", str(PORT), *common,
                                                             "--node-rank", "0"),
@@ -103,6 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-serving", action="store_true", help="cold starts only")
     p.add_argument("--no-warmup", dest="warmup", action="store_false",
                    help="skip the untimed start of each executor that fills the compile caches first")
+    add_setup_args(p)
     p.add_argument("--out", default=str(RESULTS / "executors.json"))
     args = p.parse_args(argv)
     if netns.available():
@@ -115,8 +116,11 @@ def main(argv: list[str] | None = None) -> int:
     serve = not args.no_serving
     with netns.SimNetwork(nodes=2, prefix="svexec") as net:
         model_dir = RESULTS / "model" / "tiny-llama"  # the harness's: its compile caches stay warm
-        model = str(model_dir if (model_dir / "config.json").exists() else make_tiny_model(model_dir))
-        bench = Bench(net, workdir, model)
+        model = args.model or str(model_dir if (model_dir / "config.json").exists() else make_tiny_model(model_dir))
+        gpus = gpusim.layout_here(net) if args.gpu else None
+        if gpus:
+            say(gpus.describe())
+        bench = Bench(net, workdir, model, gpus, args.serving_repeats, args.output_len, args.prompts_per_level)
         try:
             if args.warmup:  # untimed: each executor's first start fills the nodes' compile caches
                 for label, fn in (("ray", lambda: bench.cold_theirs(False)), ("mp", lambda: cold_mp(bench, False))):
@@ -130,6 +134,7 @@ def main(argv: list[str] | None = None) -> int:
             clear(net)
     pairs = [{"ray": p["ours"], "mp": p["theirs"]} for p in pairs]  # paired() names the sides ours/theirs
     report = {"machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
+              "simulation": gpus.describe() if gpus else "CPU: two network-namespace Sparks on this machine's cores",
               "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
               "pairs": pairs, "ray": summary(pairs, "ray"), "mp": summary(pairs, "mp")}
     if "c1" in report["mp"] and "c1" in report["ray"]:

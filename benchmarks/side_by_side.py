@@ -54,6 +54,7 @@ PY = sys.executable
 PORT = 8000
 RAY_PORT = 6379
 CONCURRENCIES = "1,4,16"
+OUTPUT_LEN = 64  # output tokens a request in the serving runs
 SERVING_REPEATS = 3  # timed client runs a level on each server; its median run is kept
 # Variables the user's shell must not leak into either flow.
 DROP = ("VLLM_HOST_IP", "NCCL_SOCKET_IFNAME", "GLOO_SOCKET_IFNAME", "TP_SOCKET_IFNAME", "UCX_NET_DEVICES",
@@ -152,8 +153,11 @@ class Bench:
     vLLM flags); None: the CPU simulation."""
 
     def __init__(self, net: netns.SimNetwork, workdir: Path, model: str, gpus: gpusim.GpuLayout | None = None,
-                 repeats: int = SERVING_REPEATS) -> None:
+                 repeats: int = SERVING_REPEATS, output_len: int = OUTPUT_LEN, per_level: int | None = None) -> None:
         self.net, self.workdir, self.model, self.gpus, self.repeats = net, workdir, model, gpus, repeats
+        # Each level's load: output tokens a request, and requests = per_level x concurrency
+        # (None: spark-vllm bench's default).
+        self.output_len, self.per_level = output_len, per_level
         self.head, self.worker = net.nodes
         self.flags = gpusim.GPU_VLLM_FLAGS if gpus else SIM_VLLM_FLAGS
         self.env = {n.ip: playbook_env(n, self.head.ip, self.sim_env(n)) for n in net.nodes}
@@ -231,6 +235,10 @@ class Bench:
         runs = [self.bench_once() for _ in range(self.repeats)]
         return [median_level(list(levels)) for levels in zip(*runs)]
 
+    def load_flags(self, concurrency: int) -> tuple[str, ...]:
+        flags = ("--output-len", str(self.output_len))
+        return flags + (("--num-prompts", str(self.per_level * concurrency)) if self.per_level else ())
+
     def bench_once(self, levels: list[str] | None = None) -> list[dict]:
         """One client run per level, each with the CPU seconds every process of both
         Sparks spent meanwhile (`cpu_s`: {node: {role: s}}), the client's included."""
@@ -239,12 +247,12 @@ class Bench:
         for c in levels or CONCURRENCIES.split(","):
             before, client_before = cpu_profile.snapshot(namespaces), cpu_profile.children_cpu_s()
             r = self.worker.run(PY, "-m", "launch", "bench", "--url", f"http://{self.head.ip}:{PORT}", "--model",
-                                self.model, "--concurrency", c, "--output-len", "64", "--json",
+                                self.model, "--concurrency", c, *self.load_flags(int(c)), "--json",
                                 capture_output=True, text=True, env=base_env(), cwd=REPO, timeout=600)
             after = cpu_profile.snapshot(namespaces)
             if r.returncode:
                 raise RuntimeError(f"spark-vllm bench failed: {r.stderr[-800:]}")
-            level = json.loads(r.stdout)["levels"][0]
+            level = json_output(r.stdout)["levels"][0]
             level["cpu_s"] = cpu_profile.with_process(cpu_profile.spent(before, after), self.worker.ip,
                                                       "bench-client", cpu_profile.children_cpu_s() - client_before)
             out.append(level)
@@ -296,6 +304,13 @@ class Bench:
             return self.outcome(t0, got, marks, serve)
         finally:
             clear(self.net)
+
+
+def json_output(stdout: str) -> dict:
+    """The JSON document in a command's output: vLLM's CUDA build logs its start-up lines to
+    stdout from the client's process too, before the JSON."""
+    at = next(i for i, line in enumerate(stdout.splitlines(keepends=True)) if line.startswith("{"))
+    return json.JSONDecoder().raw_decode("".join(stdout.splitlines(keepends=True)[at:]))[0]
 
 
 def median_level(runs: list[dict]) -> dict:
@@ -394,6 +409,20 @@ def median_cpu(samples: list[dict[str, dict[str, float]]]) -> dict[str, dict[str
     return out
 
 
+def add_setup_args(p: argparse.ArgumentParser) -> None:
+    """The options this harness shares with benchmarks.executors: where it runs, on what
+    model, and the serving load (smaller on a shared GPU, where a token takes 0.28 s)."""
+    p.add_argument("--gpu", action="store_true",
+                   help="the GPU simulation: real GPUs (shared when fewer than two), vLLM's CUDA engine")
+    p.add_argument("--model", default=None, help="model folder (default: the tiny random Llama, made once)")
+    p.add_argument("--serving-repeats", type=int, default=SERVING_REPEATS,
+                   help=f"timed runs of each concurrency, the median kept (default {SERVING_REPEATS})")
+    p.add_argument("--output-len", type=int, default=OUTPUT_LEN,
+                   help=f"output tokens a request in the serving runs (default {OUTPUT_LEN})")
+    p.add_argument("--prompts-per-level", type=int, default=None,
+                   help="requests a level, times its concurrency (default: spark-vllm bench's, 8 x, at least 16)")
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.side_by_side", description=__doc__.split("\n")[0])
     p.add_argument("--pairs", type=int, default=3, help="cold-start (and serving) pairs (default 3)")
@@ -404,11 +433,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-serving", action="store_true", help="skip the throughput runs after each cold start")
     p.add_argument("--no-warmup", dest="warmup", action="store_false",
                    help="skip the untimed cold start that fills the compile caches first")
-    p.add_argument("--serving-repeats", type=int, default=SERVING_REPEATS,
-                   help=f"timed runs of each concurrency, the median kept (default {SERVING_REPEATS})")
-    p.add_argument("--gpu", action="store_true",
-                   help="the GPU simulation: real GPUs (shared when fewer than two), vLLM's CUDA engine")
-    p.add_argument("--model", default=None, help="model folder (default: the tiny random Llama, made once)")
+    add_setup_args(p)
     p.add_argument("--out", default=str(RESULTS / "latest.json"))
     args = p.parse_args(argv)
     reason = netns.available()
@@ -438,7 +463,7 @@ def main(argv: list[str] | None = None) -> int:
         if gpus:
             say(gpus.describe())
             report["gpus"] = {"mode": gpus.mode, "line": gpus.describe()}
-        bench = Bench(net, workdir, model, gpus, args.serving_repeats)
+        bench = Bench(net, workdir, model, gpus, args.serving_repeats, args.output_len, args.prompts_per_level)
         scen: dict = {}
         try:
             if "cold_start" in only and args.warmup:

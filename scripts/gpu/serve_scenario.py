@@ -3,7 +3,7 @@ Sparks on the machine's GPUs (one each, or one shared: see gpusim), then load an
 lost worker, on one served cluster.
 
 The playbook's two requests, vLLM's benchmark client (bench_client.py) at concurrency
-1, 4 and 16 from the worker's namespace (4 x concurrency requests, at least 8, of 64
+1, 4 and 16 from the worker's namespace (4 x concurrency requests of 64
 tokens in and out; on a shared GPU a token takes about 0.28 s, so a level may take
 minutes), then the worker lost while
 serving (everything in its namespace SIGKILLed, benchmarks.recovery's `kill` round)
@@ -74,7 +74,7 @@ def main(argv: list[str]) -> int:
             for c in CONCURRENCIES.split(","):
                 flags = ["--backend", "vllm", "--base-url", sim.url, "--model", model, "--tokenizer", model,
                          "--dataset-name", "random", "--random-input-len", "64", "--random-output-len", "64",
-                         "--num-prompts", str(max(8, 4 * int(c))), "--max-concurrency", c, "--ignore-eos"]
+                         "--num-prompts", str(4 * int(c)), "--max-concurrency", c, "--ignore-eos"]
                 try:
                     r = node.run(sys.executable, str(BENCH), *flags, capture_output=True, text=True, timeout=240)
                     line = next((ln for ln in r.stdout.splitlines() if ln.startswith("BENCH_JSON ")), None)
