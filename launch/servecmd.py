@@ -91,14 +91,15 @@ def restart_budget(args: argparse.Namespace) -> budget.RestartBudget:
 
 
 def make_watchdog(args: argparse.Namespace, vargs: argparse.Namespace, model: str,
-                  serving: metrics.ServingState):
-    """A factory of the generation watchdog for each start of the engine."""
+                  serving: metrics.ServingState, stopping: threading.Event):
+    """A factory of the generation watchdog for each start of the engine; each stands
+    down once `stopping` is set."""
     health_url = health.local_health_url(vargs.host, vargs.port)
     prober = watchdog.Prober(health_url.rsplit("/", 1)[0], (vargs.served_model_name or [model])[0],
                              compat.server_api_key(vargs, os.environ))
     return lambda: watchdog.Watchdog(health_url, prober, supervisor.kill_engine, reaper.snapshot,
                                      stall=args.stall_timeout, probe_interval=args.probe_interval,
-                                     on_probe=serving.probed)
+                                     on_probe=serving.probed, stopping=stopping)
 
 
 @contextlib.contextmanager
@@ -178,6 +179,11 @@ def run_serve(args: argparse.Namespace, settings: Settings) -> int:
         public = server_url + "/v1"
         serving = serving_metrics(plan, t_cluster)
         serving.fabric_checked(checked)
+        stopping = threading.Event()  # set when a signal starts vLLM's stop: the watchdog stands down
+
+        def on_signal(signum: int) -> None:
+            stopping.set()
+            log.debug("signal %d: vLLM's server is stopping; the watchdog stands down", signum)
 
         def run_engine(attempt: recovery.Attempt) -> None:
             def on_ready(seconds: float) -> None:
@@ -199,7 +205,7 @@ def run_serve(args: argparse.Namespace, settings: Settings) -> int:
             mark(plan, node, "engine-starting", server_url)
             health.announce_when_ready(health.local_health_url(vargs.host, vargs.port), on_ready, stop)
             try:
-                engine.run_server(api, vargs)
+                engine.run_server(api, vargs, on_signal=on_signal)
             finally:
                 stop.set()
 
@@ -220,6 +226,6 @@ def run_serve(args: argparse.Namespace, settings: Settings) -> int:
             recovery.RecoveryPolicy(args.exit_on_node_loss, args.rejoin_timeout, wedge_budget),
             vargs.host, vargs.port, dead=node.dead_processes if node else list,
             on_recovering=on_recovering, on_restarting=on_restarting,
-            watchdog=make_watchdog(args, vargs, model, serving))
+            watchdog=make_watchdog(args, vargs, model, serving, stopping))
         log.info("vLLM's server stopped")  # it drained on SIGTERM itself; the node goes next
     return 0

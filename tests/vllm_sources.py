@@ -338,4 +338,17 @@ def check(src: Source, need: Need) -> str | None:
     if kind == "request field":
         cls, field = name.split(".", 1)
         return None if src.request_field(where, cls, field) else f"{at}: no {cls} with {field} under {where}"
+    if kind == "signal handler":
+        tree = src.tree(where)
+        if tree is None:
+            return f"{at}: no module {where} (for its {name} handler)"
+        return None if any(_handles(node, name) for node in ast.walk(tree)) \
+            else f"{at}: {where} installs no {name} handler on its event loop"
     raise ValueError(f"unknown kind {kind!r} of {need}")
+
+
+def _handles(node: ast.AST, signame: str) -> bool:
+    """`node` is a call `LOOP.add_signal_handler(signal.SIGNAME, ...)`."""
+    return (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+            and node.func.attr == "add_signal_handler" and bool(node.args)
+            and isinstance(node.args[0], ast.Attribute) and node.args[0].attr == signame)

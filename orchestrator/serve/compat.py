@@ -273,6 +273,8 @@ class Need:
                                     module it imports from)
       choice                        `name` is a value of the Literal `where` (module.Name)
       route, request field          an HTTP path / "Request.field" anywhere in package `where`
+      signal handler                `name` (SIGTERM, ...) handled by `loop.add_signal_handler(signal.NAME,
+                                    ...)` in module `where`
     """
 
     kind: str
@@ -378,6 +380,13 @@ NEEDS: tuple[Need, ...] = (
         ("/v1/completions", "the demo's completion request, bench"))),
     *_each("request field", ENTRYPOINTS, "demo: the token ids held against the single-process run",
            "ChatCompletionRequest.return_token_ids", "CompletionRequest.return_token_ids"),
+    # vLLM's server stops on these through its event loop's handlers (serve_http): the loop
+    # engine.run_server gives it tells the generation watchdog first, to stand down.
+    *(Need("signal handler", signame, module, "serve: the watchdog stands down at a stop (engine.run_server)",
+           since, until)
+      for signame in ("SIGTERM", "SIGINT")
+      for module, since, until in (("vllm.entrypoints.launcher", (0, 0, 0), (0, 30, 0)),
+                                   ("vllm.entrypoints.launchers.launcher", (0, 30, 0), None))),
 )
 
 

@@ -5,7 +5,7 @@
 second, before the wait for the nodes); `plan_parallelism` is the pure decision of TP/PP and
 the executor backend against the cluster's GPUs, and `fill_unset` writes it;
 `run_server` hands the args to vLLM under uvloop in the main thread (vLLM installs
-its signal handlers there).
+its signal handlers there), and tells its caller when a signal starts the server's stop.
 Every `vllm serve` flag passes through untouched; only the unset ones are filled.
 """
 
@@ -21,6 +21,7 @@ import threading
 from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 from .compat import VllmApi, load_vllm_api
 from ..errors import BadServeFlags, EngineFailed, ModelNotFound, NotEnoughGpus
@@ -187,8 +188,33 @@ def fill_unset(args: argparse.Namespace, par: Parallelism) -> argparse.Namespace
 ENGINE_START_METHOD = ("VLLM_WORKER_MULTIPROC_METHOD", "spawn")
 
 
-def run_server(api: VllmApi, args: argparse.Namespace, environ=os.environ) -> None:
-    """vLLM's OpenAI server, in this thread, until SIGTERM/SIGINT or an engine failure.
+def signal_telling_loop(on_signal: Callable[[int], None]) -> type:
+    """A uvloop event loop class whose `add_signal_handler` runs `on_signal(signum)`
+    before the handler it is given. vLLM's server stops on SIGTERM and SIGINT through
+    handlers on its event loop (`serve_http`, every release from 0.10.2 to 0.33: see
+    compat.NEEDS): that handler starts vLLM's shutdown, so this is the moment to know of
+    the stop before it begins. `on_signal` must be quick and not raise; an error in it is
+    logged by the loop, and vLLM's handler runs all the same."""
+    import uvloop
+
+    class SignalTellingLoop(uvloop.Loop):
+        def add_signal_handler(self, sig, callback, *args):
+            def tell_first(*cb_args):
+                try:
+                    on_signal(sig)
+                finally:
+                    callback(*cb_args)
+
+            super().add_signal_handler(sig, tell_first, *args)
+
+    return SignalTellingLoop
+
+
+def run_server(api: VllmApi, args: argparse.Namespace, environ=os.environ,
+               on_signal: Callable[[int], None] = lambda signum: None) -> None:
+    """vLLM's OpenAI server, in this thread, until SIGTERM/SIGINT or an engine failure;
+    `on_signal(signum)` when such a signal starts the server's stop (see
+    `signal_telling_loop`), before vLLM's own handler runs.
 
     vLLM replaces the SIGTERM handler (and its event loop resets it to the default
     on the way out): the caller's is put back, so a SIGTERM after the server stopped
@@ -199,7 +225,7 @@ def run_server(api: VllmApi, args: argparse.Namespace, environ=os.environ) -> No
     environ.setdefault(*ENGINE_START_METHOD)
     previous = signal.getsignal(signal.SIGTERM)
     try:
-        uvloop.run(api.run_server(copy.deepcopy(args)))
+        uvloop.run(api.run_server(copy.deepcopy(args)), loop_factory=signal_telling_loop(on_signal))
     except KeyboardInterrupt:
         raise
     except SystemExit:

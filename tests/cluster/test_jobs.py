@@ -3,22 +3,28 @@
 simulated Sparks, and `python -m launch serve` as the job's entrypoint serving TP 2
 over Ray with vLLM's CPU engine. The job attaches (it starts no node), `ray job logs`
 shows our lines, and `ray job stop` drains the requests in flight and ends the server
-while the cluster stays up.
+while the cluster stays up, with the watchdog's probe on and no traceback of ours. Then,
+on the same cluster, a job whose engine wedges with `--max-restarts 0` fails with exit
+18 and leaves nothing of itself.
 """
 
 from __future__ import annotations
 
+import os
 import re
+import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 
 from orchestrator.sim.demo.run import SIM_VLLM_FLAGS
 from orchestrator.sim.demo.load import Background
 from orchestrator.sim.models.tinymodel import make_tiny_model
+from orchestrator.sim.namespaces import netns
 
 from conftest import REPO, ns_http
 from namespace_sparks import HEAD_IP, WORKER_IP, healthy_cluster
@@ -66,6 +72,28 @@ def serving_processes(s) -> list[str]:
     return [line for line in s.left() if any(name in line for name in SERVING_PROCESSES)]
 
 
+def assert_gone_and_the_cluster_stays(job, when: str) -> None:
+    """Nothing of a serving job runs any more (within 30 s), and both Sparks stay joined."""
+    s = job["sparks"]
+    deadline = time.monotonic() + 30
+    while (left := serving_processes(s)) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert not left, f"left {when}:\n" + "\n".join(left)
+    r, out = s.status(s.worker_node)
+    assert r.returncode == 0 and out["complete"] is True, r.stderr
+    assert [n["ip"] for n in out["nodes"] if n["alive"]] == [HEAD_IP, WORKER_IP]
+    assert job["head"].proc.poll() is None and job["worker"].proc.poll() is None
+
+
+def wait_ready(logs: Path, follower: subprocess.Popen) -> None:
+    """Until the job's output (`follower` writes it into `logs`) says serve is ready."""
+    deadline = time.monotonic() + ENGINE_S
+    while "spark-vllm: ready:" not in logs.read_text():
+        assert follower.poll() is None, f"the job ended before it was ready:\n{logs.read_text()[-4000:]}"
+        assert time.monotonic() < deadline, f"no ready within {ENGINE_S} s:\n{logs.read_text()[-4000:]}"
+        time.sleep(0.5)
+
+
 @pytest.fixture(scope="module")
 def job(netns_ok, tmp_path_factory):
     """The cluster, then the job submitted (--no-wait) and followed (`ray job logs
@@ -74,10 +102,11 @@ def job(netns_ok, tmp_path_factory):
     with healthy_cluster(tmp_path_factory.mktemp("jobs")) as (s, head, worker):
         # As a user submits it: no --iface, no --sysfs-root (the head's /sys shows no RoCE
         # device): serve takes the network of the head running there, from its run record.
-        # --probe-interval 0: a watchdog probe that lands while vLLM shuts down logs vLLM's
-        # "cannot schedule new futures after shutdown" traceback (a known defect, issue 19).
+        # The watchdog probes every second while idle (a look each second: --stall-timeout 12),
+        # so that a probe is due the moment the drain's last request ends (issue 19: one
+        # that landed in vLLM's shutdown made vLLM log a traceback).
         entrypoint = [sys.executable, "-m", "launch", "serve", model, "--simulate", "--port", "8000",
-                      "--wait-timeout", "60", "--probe-interval", "0", *SIM_VLLM_FLAGS]
+                      "--wait-timeout", "60", "--stall-timeout", "12", "--probe-interval", "1", *SIM_VLLM_FLAGS]
         r = ray_cli(s, "job", "submit", "--address", DASHBOARD, "--submission-id", JOB_ID, "--no-wait", "--",
                     *entrypoint)
         assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
@@ -87,11 +116,7 @@ def job(netns_ok, tmp_path_factory):
                                        env=s.env(CLI_ENV), stdin=subprocess.DEVNULL,
                                        stdout=out, stderr=subprocess.STDOUT, cwd=REPO)
         try:
-            deadline = time.monotonic() + ENGINE_S
-            while "spark-vllm: ready:" not in logs.read_text():
-                assert follow.poll() is None, f"the job ended before it was ready:\n{logs.read_text()[-4000:]}"
-                assert time.monotonic() < deadline, f"no ready within {ENGINE_S} s:\n{logs.read_text()[-4000:]}"
-                time.sleep(0.5)
+            wait_ready(logs, follow)
             yield {"sparks": s, "head": head, "worker": worker, "model": model, "logs": logs, "follow": follow}
         finally:
             if follow.poll() is None:  # the job still runs: a test failed before its stop
@@ -137,7 +162,7 @@ def test_a_job_asking_for_more_nodes_than_joined_fails_in_one_line(job):
 
 
 def test_ray_job_stop_drains_and_the_cluster_stays(job):
-    """Last: `ray job stop` signals the driver and its descendants (vLLM's engine process
+    """`ray job stop` signals the driver and its descendants (vLLM's engine process
     too) at once; the requests in flight still complete, the server ends, the job is
     STOPPED, and both Spark nodes stay joined."""
     s = job["sparks"]
@@ -160,13 +185,68 @@ def test_ray_job_stop_drains_and_the_cluster_stays(job):
     # complete", once the drain is done and the engine process has exited.
     tracebacks = [line for line in text.splitlines() if "Traceback" in line]
     assert all(VLLM_SHUTDOWN_NOTE.search(line) for line in tracebacks), text[-4000:]
+    # Issue 19: a watchdog probe landing in vLLM's shutdown (its tokenizer pool already shut)
+    # made uvicorn log this, once a probe.
+    assert "cannot schedule new futures" not in text and "Exception in ASGI application" not in text, text[-4000:]
     assert "SIGTERM received" not in text, text[-4000:]  # no stack dump from Ray's crash handler
-    deadline = time.monotonic() + 30
-    while (left := serving_processes(s)) and time.monotonic() < deadline:
-        time.sleep(0.5)
-    assert not left, "left after the job stopped:\n" + "\n".join(left)
-    r, out = s.status(s.worker_node)
-    assert r.returncode == 0 and out["complete"] is True, r.stderr
-    assert [n["ip"] for n in out["nodes"] if n["alive"]] == [HEAD_IP, WORKER_IP]
-    assert job["head"].proc.poll() is None and job["worker"].proc.poll() is None
+    assert_gone_and_the_cluster_stays(job, "after the job stopped")
     print(f"ray job stop returned after {stop_s:.1f} s; both streams finished")
+
+
+WEDGE_JOB = "spark-vllm-wedge"
+
+
+def engine_cores(s) -> list[psutil.Process]:
+    """vLLM's engine-core processes in the head's Spark (titled VLLM::EngineCore)."""
+    found = []
+    for pid in netns.pids(s.head_node.netns):
+        try:
+            p = psutil.Process(pid)
+            if p.status() != psutil.STATUS_ZOMBIE and "EngineCore" in " ".join(p.cmdline()):
+                found.append(p)
+        except psutil.Error:
+            continue
+    return found
+
+
+def test_a_wedged_engine_with_max_restarts_0_fails_the_job_with_18_and_leaves_nothing(job):
+    """Last, after the first job's stop, on the same cluster: a job serving with
+    `--max-restarts 0` whose engine core is stopped (SIGSTOP: alive, Ray sees nothing).
+    The idle probe goes unanswered; at this first wedge the engine is ended on both Sparks
+    and not restarted; the job fails with exit 18 and one error line; nothing of it is
+    left, and the cluster stays."""
+    s = job["sparks"]
+    entrypoint = [sys.executable, "-m", "launch", "serve", job["model"], "--simulate", "--port", "8000",
+                  "--wait-timeout", "60", "--stall-timeout", "4", "--probe-interval", "1", "--max-restarts", "0",
+                  *SIM_VLLM_FLAGS]
+    out_path = s.tmp / "wedge-job.log"
+    with open(out_path, "w") as out:  # `ray job submit` follows the job's output until it ends
+        submit = s.head_node.popen(RAY, "job", "submit", "--address", DASHBOARD, "--submission-id", WEDGE_JOB,
+                                   "--", *entrypoint, env=s.env(CLI_ENV), stdin=subprocess.DEVNULL, stdout=out,
+                                   stderr=subprocess.STDOUT, cwd=REPO)
+    try:
+        wait_ready(out_path, submit)
+        cores = engine_cores(s)
+        assert len(cores) == 1, cores
+        t0 = time.monotonic()
+        os.kill(cores[0].pid, signal.SIGSTOP)
+        code = submit.wait(180)
+        ended_s = time.monotonic() - t0
+    finally:
+        if submit.poll() is None:  # it did not end: stop it, not to hold the cluster
+            ray_cli(s, "job", "stop", "--address", DASHBOARD, WEDGE_JOB, timeout=90)
+            submit.kill()
+            submit.wait(30)
+    text = plain(out_path.read_text())
+    assert code != 0 and f"Job '{WEDGE_JOB}' failed" in text and "exit code 18" in text, text[-4000:]
+    # One error line (Ray's CLI repeats the job's last lines in its failure status).
+    errors = {line for line in text.splitlines() if line.startswith("spark-vllm: error: ")}
+    assert len(errors) == 1, errors
+    error = errors.pop()
+    assert "wedged: an idle one-token probe request did not finish" in error, error
+    assert "--max-restarts 0 is spent" in error, error
+    assert "ready again" not in text and "restart 1" not in text, text[-4000:]
+    ended = [line for line in text.splitlines() if line.startswith("spark-vllm: old engine ended: ")]
+    assert ended and HEAD_IP in ended[0] and WORKER_IP in ended[0], text[-4000:]
+    assert_gone_and_the_cluster_stays(job, "after the wedged job")
+    print(f"wedged job with --max-restarts 0: failed with exit 18 {ended_s:.1f} s after the SIGSTOP")

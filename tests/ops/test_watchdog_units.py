@@ -79,6 +79,16 @@ def test_a_probe_is_a_wedge_only_when_it_times_out():
     assert probe_verdict(ERROR, 0.1, 8) is None  # vLLM answered: a dead engine is vLLM's to report
 
 
+def test_no_probe_and_no_verdict_once_the_server_is_stopping():
+    """SIGTERM/SIGINT: vLLM shuts its tokenizer pool before it drains, and a probe landing
+    then makes it log a traceback; a probe that a drain held is no wedge."""
+    w = Watch(probe_at=0.0)
+    assert probe_due(w, EngineCounters(0, 0), now=99.0, interval=4)
+    assert not probe_due(w, EngineCounters(0, 0), now=99.0, interval=4, stopping=True)
+    assert not probe_due(w, None, now=99.0, interval=4, stopping=True)
+    assert probe_verdict(TIMEOUT, 8.0, stall=8, stopping=True) is None
+
+
 def test_poll_is_a_twelfth_of_the_stall_within_bounds():
     assert poll_interval(60) == 5.0 and poll_interval(8) == pytest.approx(8 / 12) and poll_interval(1) == 0.5
 
@@ -217,6 +227,15 @@ def test_reaper_selects_vllms_workers_and_their_jobs_placement_groups():
                                 "pid 11 killed, 2 /dev/shm file(s) removed; 1 placement group(s) removed")
 
 
+def test_beside_a_lost_node_leaves_out_its_ranks_and_shared_memory():
+    remains = reaper.Remains((reaper.Rank("a0", "n1", "192.168.100.10", 10), reaper.Rank("a1", "n2", "192.168.100.11", 11)),
+                             ("ffff0a000000",), (("n1", ("/dev/shm/x0",)), ("n2", ("/dev/shm/x1",))))
+    left = reaper.beside(remains, "192.168.100.11")
+    assert [r.pid for r in left.ranks] == [10] and left.shm == (("n1", ("/dev/shm/x0",)),)
+    assert left.groups == ("ffff0a000000",)  # removed through the GCS, reachable
+    assert reaper.beside(remains, "192.168.100.99") == remains
+
+
 def test_shm_paths_from_proc_maps():
     maps = ("7f0000000000-7f0000400000 rw-s 00000000 00:1a 123 /dev/shm/35587-tp:0-[0-1]-cpushm_1\n"
             "7f0000400000-7f0000800000 rw-s 00000000 00:1a 124 /dev/shm/plasma0 (deleted)\n"
@@ -258,6 +277,53 @@ def test_watchdog_thread_sees_an_unanswered_probe_and_stops_the_engine():
             while dog.wedge is None and time.monotonic() < deadline:
                 time.sleep(0.05)
         assert dog.wedge.cause == PROBE and dog.remains == "remains" and stops
+    finally:
+        server.close()
+
+
+def wait_until(condition, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+
+
+def test_watchdog_stands_down_when_the_server_stops_with_a_probe_in_flight():
+    """The stop comes while a probe is held (a drain): the probe's timeout is no wedge,
+    nothing is killed, and no probe follows."""
+    server, stops, stopping = Server(hold=2), [], threading.Event()
+    try:
+        dog = Watchdog(server.url + "/health", Prober(server.url, "tiny"), lambda: stops.append(1) or [4242],
+                       stall=0.5, probe_interval=0.2, read=lambda: EngineCounters(0, 0), poll=0.05,
+                       stopping=stopping)
+        with dog:
+            wait_until(lambda: server.got)
+            stopping.set()
+            time.sleep(1.5)  # the probe times out after 0.5 s; probes were due every 0.2 s
+        assert dog.wedge is None and stops == [] and len(server.got) == 1
+    finally:
+        server.close()
+
+
+def test_watchdog_judges_no_stall_once_the_server_is_stopping():
+    """Requests running, then the stop: the counters freeze (the drain's end, a slow
+    shutdown) for longer than the stall timeout, and that is no wedge."""
+    server, stops, stopping, tokens = Server(), [], threading.Event(), [0]
+
+    def read():
+        if not stopping.is_set():
+            tokens[0] += 1  # generating
+        return EngineCounters(1, tokens[0])
+
+    try:
+        dog = Watchdog(server.url + "/health", Prober(server.url, "tiny"), lambda: stops.append(1) or [4242],
+                       snapshot=lambda: "remains", stall=0.3, probe_interval=0, read=read, poll=0.05,
+                       stopping=stopping)
+        with dog:
+            wait_until(lambda: dog.remains == "remains" and tokens[0] > 3)  # armed and judging
+            stopping.set()
+            time.sleep(1.0)
+        assert dog.wedge is None and stops == [] and server.got == []
     finally:
         server.close()
 

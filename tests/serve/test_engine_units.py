@@ -1,9 +1,12 @@
 """The pure serving decisions: parallelism against the cluster's GPUs, and the size
-check made before Ray starts."""
+check made before Ray starts; the server's signals told to the caller first."""
 
 from __future__ import annotations
 
 import argparse
+import os
+import subprocess
+import sys
 
 import pytest
 
@@ -76,3 +79,32 @@ def test_fill_unset_keeps_a_chosen_drain():
 def test_explicit_parallel_sizes_in_any_spelling(flags, sizes, capsys):
     assert explicit_parallel_sizes(flags) == sizes
     assert capsys.readouterr().err == ""
+
+
+# What vLLM's serve_http does with SIGTERM (every release from 0.10.2 to 0.33): a handler on
+# its event loop. The script runs `run_server` with that stand-in for vLLM, in a process of
+# its own (the signal is real), and prints what was called, in order.
+SIGNAL_SCRIPT = """
+import asyncio, os, signal, types
+from orchestrator.serve import engine
+
+seen = []
+
+async def vllms_run_server(args):
+    loop, stop = asyncio.get_running_loop(), asyncio.Event()
+    loop.add_signal_handler(signal.SIGTERM, lambda: (seen.append("vllm's handler"), stop.set()))
+    os.kill(os.getpid(), signal.SIGTERM)
+    await stop.wait()
+
+engine.run_server(types.SimpleNamespace(run_server=vllms_run_server), types.SimpleNamespace(), environ={},
+                  on_signal=lambda signum: seen.append(int(signum)))
+print(seen)
+"""
+
+
+def test_run_server_tells_the_signal_before_vllms_handler_runs():
+    repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    out = subprocess.run([sys.executable, "-c", SIGNAL_SCRIPT], capture_output=True, text=True, timeout=60,
+                         env={**os.environ, "PYTHONPATH": repo}, cwd=repo)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == "[15, \"vllm's handler\"]", out.stdout + out.stderr[-2000:]

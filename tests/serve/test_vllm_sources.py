@@ -68,6 +68,8 @@ WRONG = [
     ("0.33.0", Need("attribute", "CpuPlatform.no_such_key", "vllm.platforms.cpu", "-"), "has no no_such_key"),
     ("0.33.0", Need("route", "/no-such-route", "vllm.entrypoints", "-"), "no route"),
     ("0.33.0", Need("request field", "CompletionRequest.no_such_field", "vllm.entrypoints", "-"), "no CompletionRequest"),
+    ("0.32.0", Need("signal handler", "SIGHUP", "vllm.entrypoints.launchers.launcher", "-"), "installs no SIGHUP"),
+    ("0.27.1", Need("signal handler", "SIGTERM", "vllm.entrypoints.launchers.launcher", "-"), "no module"),
 ]
 
 

@@ -17,6 +17,13 @@ in the loop). On a wedge it SIGKILLs vLLM's engine-core process, again at each p
 does what it does for a dead engine (/health 503, requests in flight fail, the server
 ends), and `recovery` takes it from there.
 
+Once the server is stopping (SIGTERM, SIGINT, `ray job stop`: `stopping` is set from
+the server's own signal handling, `engine.run_server`), the watchdog stands down before
+vLLM's shutdown starts: no probe (vLLM shuts its tokenizer pool before it drains, and
+logs a traceback for any request that arrives then), no verdict (the drain's last
+requests and a slow shutdown are no wedge). A probe in flight then is left to the drain;
+whatever it comes back with counts for nothing.
+
 Probe requests are recognisable: request id `spark-vllm-probe-N`, `user`
 `spark-vllm-watchdog`, and a `?spark-vllm=probe` query that `quiet_probes` keeps out of
 uvicorn's access log. vLLM has no way to leave a request out of its own metrics: they
@@ -93,17 +100,19 @@ def judge(watch: Watch, counters: EngineCounters | None, now: float, stall: floa
     return watch, None
 
 
-def probe_due(watch: Watch, counters: EngineCounters | None, now: float, interval: float) -> bool:
-    """Pure: probe when probing is on, the engine looks idle (or its metrics are off),
-    and the last probe ended `interval` seconds ago."""
+def probe_due(watch: Watch, counters: EngineCounters | None, now: float, interval: float,
+              stopping: bool = False) -> bool:
+    """Pure: probe when probing is on, the server is not stopping, the engine looks idle
+    (or its metrics are off), and the last probe ended `interval` seconds ago."""
     idle = counters is None or counters.running <= 0
-    return interval > 0 and idle and now - watch.probe_at >= interval
+    return interval > 0 and not stopping and idle and now - watch.probe_at >= interval
 
 
-def probe_verdict(outcome: str, seconds: float, stall: float) -> Wedge | None:
-    """Pure: a probe that did not finish within the stall timeout is a wedge. An error
-    answer is not: vLLM said something (a dead engine is vLLM's own to report)."""
-    if outcome == TIMEOUT:
+def probe_verdict(outcome: str, seconds: float, stall: float, stopping: bool = False) -> Wedge | None:
+    """Pure: a probe that did not finish within the stall timeout is a wedge, unless the
+    server began to stop meanwhile (its drain or shutdown held it). An error answer is
+    not: vLLM said something (a dead engine is vLLM's own to report)."""
+    if outcome == TIMEOUT and not stopping:
         return Wedge(PROBE, f"an idle one-token probe request did not finish within {stall:g} s "
                             "(--stall-timeout)", seconds)
     return None
@@ -157,17 +166,19 @@ class Watchdog(Watcher):
     """The thread. Arms itself once `health_url` answers 200 (an engine that is still
     building, or the last engine's stale gauges, are not judged) and then notes what the
     engine holds in `remains`; records a wedge in `wedge`, logs it, and kills the
-    engine core."""
+    engine core. Stands down for good once `stopping` is set (the server is stopping)."""
 
     def __init__(self, health_url: str, probe: Callable[[float], tuple[str, float]],
                  stop_engine: Callable[[], list[int]], snapshot: Callable[[], object] = lambda: None,
                  stall: float = DEFAULT_STALL_TIMEOUT, probe_interval: float = DEFAULT_PROBE_INTERVAL,
                  read: Callable[[], EngineCounters | None] = read_engine_counters,
-                 on_probe: Callable[[], None] = lambda: None, poll: float | None = None) -> None:
+                 on_probe: Callable[[], None] = lambda: None, poll: float | None = None,
+                 stopping: threading.Event | None = None) -> None:
         self._health_url, self._probe, self._stop_engine, self._snapshot = health_url, probe, stop_engine, snapshot
         self._stall, self._interval, self._read, self._on_probe = stall, probe_interval, read, on_probe
         self._poll = poll or poll_interval(stall)
         self._stopped = threading.Event()
+        self._stopping = stopping or threading.Event()
         self.wedge: Wedge | None = None
         self.detected_at: float | None = None
         self.remains: object = None
@@ -187,6 +198,8 @@ class Watchdog(Watcher):
                     log.info("killed vLLM's engine core on this head (pid %s) so that requests in flight fail "
                              "instead of hanging", ", ".join(map(str, pids)))
                 continue
+            if self._stopping.is_set():
+                continue  # the server is stopping: nothing more to arm, judge or probe
             if watch is None:
                 if health_state(self._health_url, timeout=2.0) == "healthy":
                     self._take_snapshot()  # once an engine: what to end if it wedges
@@ -202,12 +215,13 @@ class Watchdog(Watcher):
     def _look(self, watch: Watch) -> Watch:
         counters = self._read()
         watch, wedge = judge(watch, counters, time.monotonic(), self._stall)
-        if wedge is None and probe_due(watch, counters, time.monotonic(), self._interval):
+        # `stopping` is read again at each step: the signal may come at any moment.
+        if wedge is None and probe_due(watch, counters, time.monotonic(), self._interval, self._stopping.is_set()):
             self._on_probe()
             outcome, seconds = self._probe(self._stall)
             watch = replace(watch, probe_at=time.monotonic())
-            wedge = probe_verdict(outcome, seconds, self._stall)
-        if wedge is not None and not self._stopped.is_set():
+            wedge = probe_verdict(outcome, seconds, self._stall, self._stopping.is_set())
+        if wedge is not None and not self._stopped.is_set() and not self._stopping.is_set():
             self._record(wedge)
         return watch
 
