@@ -142,6 +142,17 @@ def test_a_flag_only_a_mod_adds_names_the_recipe_the_flag_and_the_mod(vllm_api):
     assert not isinstance(exc.value, RecipeError)
 
 
+def test_a_json_flag_vllm_rejects_is_one_line_with_the_field_and_its_message(vllm_api):
+    """pydantic's complaint spans lines; the one line keeps the field and what is wrong."""
+    r = rf.resolve(recipe("vllm serve m \\\n  --compilation-config '{{\"cudagraph_sizes\": [1]}}'"))
+    with pytest.raises(BadServeFlags) as exc:
+        recipecmd.parse_serve_args(vllm_api, r.model, serve_args(r))
+    message = exc.value.message
+    assert "\n" not in message and "errors.pydantic.dev" not in message and "[type=" not in message
+    assert message == ("vLLM rejected the flags: argument --compilation-config/-cc: 1 validation error for "
+                       "CompilationConfig: cudagraph_sizes: Unexpected keyword argument"), message
+
+
 def test_the_recipe_flags_reach_vllm_untouched_and_a_lock_pins_the_revision(vllm_api):
     r = load("escaping.yaml")
     vargs = recipecmd.parse_serve_args(vllm_api, r.model, serve_args(r, revision="a" * 40))
