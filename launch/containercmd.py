@@ -46,24 +46,28 @@ def register(sub, settings: Settings) -> None:
         a.set_defaults(func=globals()[f"{action}_container"])
 
 
-def passed_env(settings: Settings) -> tuple[tuple[str, str], ...]:
-    """This host's SPARK_VLLM_* settings that the container should see too."""
+def passed_env(settings: Settings, digest: str | None = None) -> tuple[tuple[str, str], ...]:
+    """This host's SPARK_VLLM_* settings that the container should see too, and the
+    image's digest (which `recipe lock` records) when known."""
     pairs = [("SPARK_VLLM_IFACE", settings.iface), ("SPARK_VLLM_NODE_IP", settings.node_ip),
              ("SPARK_VLLM_SIMULATE", "1" if settings.simulate else None),
-             ("SPARK_VLLM_TOKEN_FILE", settings.token_file)]
+             ("SPARK_VLLM_TOKEN_FILE", settings.token_file),
+             (container.DIGEST_VAR, settings.image_digest or digest)]
     return tuple((k, v) for k, v in pairs if v)
 
 
 def run_container(args: argparse.Namespace, settings: Settings) -> int:
+    # A dry run asks Docker nothing: the digest only when set by hand.
+    docker = None if args.dry_run else container.check_docker()
+    digest = None if docker is None or settings.image_digest else container.image_digest(docker, args.image)
     req = container.RunRequest(head_ip=args.worker or settings.head_ip, worker=bool(args.worker),
                                image=args.image, name=args.name, serve_args=tuple(args.extra),
-                               env=passed_env(settings), shm_size=args.shm_size, cache_dirs=args.cache_dirs)
+                               env=passed_env(settings, digest), shm_size=args.shm_size, cache_dirs=args.cache_dirs)
     host = container.host_facts(os.environ)
     plan = container.plan_run(req, host)
     if args.dry_run:
         print(shlex.join(plan.argv()))
         return 0
-    docker = container.check_docker()
     if req.cache_dirs and host.cache_dir:
         # Ours, not one Docker would create as root for a missing mount source.
         os.makedirs(host.cache_dir, exist_ok=True)

@@ -16,6 +16,7 @@ import contextlib
 import copy
 import io
 import os
+import re
 import signal
 import threading
 from concurrent.futures import Future
@@ -100,11 +101,35 @@ def parse_flags(parser: argparse.ArgumentParser, model: str, flags: list[str]) -
         with contextlib.redirect_stderr(err):
             args = parser.parse_args(["--model", model, *flags])
     except SystemExit as exc:
-        lines = [ln for ln in err.getvalue().strip().splitlines() if ln.strip()]
-        message = lines[-1] if lines else f"vLLM's parser exited with {exc.code}"
-        raise BadServeFlags(f"vLLM rejected the flags: {message.split('error: ', 1)[-1]}",
-                            "see `vllm serve --help` for the flags") from None
+        message = parser_complaint(err.getvalue()) or f"vLLM's parser exited with {exc.code}"
+        raise BadServeFlags(f"vLLM rejected the flags: {message}", "see `vllm serve --help` for the flags") from None
     return args
+
+
+# argparse's "PROG: error: ..." line, after its usage block (whose lines are indented)
+_ERROR_LINE = re.compile(r"^\S.*?: error: (.*)$")
+# pydantic's tail of a message: "[type=..., input_value=..., input_type=...]"
+_PYDANTIC_TAIL = re.compile(r"\s*\[type=.*\]$")
+
+
+def parser_complaint(stderr: str) -> str:
+    """Pure: argparse's complaint as one line. A JSON flag's pydantic error spans lines
+    ("1 validation error for CompilationConfig", then each field and its message, then a
+    link): each field is kept with its message, the link and the type tags dropped."""
+    lines = [ln.rstrip() for ln in stderr.splitlines() if ln.strip()]
+    at = max((i for i, ln in enumerate(lines) if _ERROR_LINE.match(ln)), default=None)
+    if at is None:
+        return lines[-1].strip() if lines else ""
+    head, items = _ERROR_LINE.match(lines[at]).group(1).strip(), []
+    for ln in lines[at + 1:]:
+        text = _PYDANTIC_TAIL.sub("", ln.strip())
+        if text.startswith("For further information visit"):
+            continue
+        if ln.startswith(" ") and items:  # a field's message, under its field
+            items[-1] = f"{items[-1]}: {text}" if items[-1] else text
+        else:
+            items.append(text)
+    return f"{head}: {'; '.join(items)}" if items else head
 
 
 @dataclass(frozen=True)

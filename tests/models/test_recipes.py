@@ -142,6 +142,17 @@ def test_a_flag_only_a_mod_adds_names_the_recipe_the_flag_and_the_mod(vllm_api):
     assert not isinstance(exc.value, RecipeError)
 
 
+def test_a_json_flag_vllm_rejects_is_one_line_with_the_field_and_its_message(vllm_api):
+    """pydantic's complaint spans lines; the one line keeps the field and what is wrong."""
+    r = rf.resolve(recipe("vllm serve m \\\n  --compilation-config '{{\"cudagraph_sizes\": [1]}}'"))
+    with pytest.raises(BadServeFlags) as exc:
+        recipecmd.parse_serve_args(vllm_api, r.model, serve_args(r))
+    message = exc.value.message
+    assert "\n" not in message and "errors.pydantic.dev" not in message and "[type=" not in message
+    assert message == ("vLLM rejected the flags: argument --compilation-config/-cc: 1 validation error for "
+                       "CompilationConfig: cudagraph_sizes: Unexpected keyword argument"), message
+
+
 def test_the_recipe_flags_reach_vllm_untouched_and_a_lock_pins_the_revision(vllm_api):
     r = load("escaping.yaml")
     vargs = recipecmd.parse_serve_args(vllm_api, r.model, serve_args(r, revision="a" * 40))
@@ -282,6 +293,29 @@ def test_recipe_show_json_reports_what_the_template_says():
     assert got["model"] == "tiny/llama" and got["env"] == {"SPARK_RECIPE_PROBE": "17", "VLLM_CPU_KVCACHE_SPACE": "1"}
     assert got["flags"][got["flags"].index("--max-model-len") + 1] == "256" and got["flags"][-2:] == ["--seed", "7"]
     assert got["nodes"] == "2 or more (cluster_only)" and got["lock"] is None
+
+
+def test_recipe_show_json_of_the_demo_recipe_is_the_demos_model_flags_and_env():
+    """demo.yaml serves what `spark-vllm demo` serves: its flags (SIM_VLLM_FLAGS and
+    EXACT_FLAGS, held here so that the recipe cannot drift from the demo) and served name."""
+    from orchestrator.sim.demo.greedy import EXACT_FLAGS
+    from orchestrator.sim.demo.run import PORT, SIM_VLLM_FLAGS
+    from orchestrator.sim.models.smollm import SERVED_NAME, TP
+
+    out = cli("recipe", "show", str(RECIPES / "demo.yaml"), "--json", "--nodes", "2")
+    assert out.returncode == 0, out.stderr
+    got = json.loads(out.stdout)
+    assert got["recipe"] == "smollm2-demo" and got["model"] == "demo/smollm2"
+    assert got["flags"] == ["--served-model-name", SERVED_NAME, "--host", "0.0.0.0", "--port", str(PORT),
+                            "--tensor-parallel-size", str(TP), "--max-model-len", "512", "--max-num-seqs", "16",
+                            "--kv-cache-memory-bytes", str(64 << 20), "--dtype", "float32"]
+    pairs = set(zip(got["flags"], got["flags"][1:]))
+    demo = [*SIM_VLLM_FLAGS, *EXACT_FLAGS]
+    assert set(zip(demo[::2], demo[1::2])) <= pairs
+    assert got["env"] == {"VLLM_USE_AOT_COMPILE": "0"}
+    assert got["nodes"] == "2 or more (cluster_only)" and got["params"]["kv_cache_bytes"] == 64 << 20
+    assert got["not_applied"] == ["recipe smollm2-demo: container vllm-node not used: spark-vllm serves with the "
+                                  "vLLM installed where it runs (its container, if any)"]
 
 
 def test_recipe_show_checks_the_nodes_only_when_given():

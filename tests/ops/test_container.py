@@ -12,7 +12,7 @@ import pytest
 from launch.exitcodes import exit_code_for
 from orchestrator import errors
 from orchestrator.ops.deployment.caches import cache_env
-from orchestrator.ops.deployment.container import GROUP_FIX, HostFacts, RunRequest, diagnose, plan_run
+from orchestrator.ops.deployment.container import GROUP_FIX, HostFacts, RunRequest, diagnose, digest_of, plan_run
 
 from conftest import REPO, clean_env
 
@@ -130,11 +130,13 @@ def test_run_calls_docker_with_the_plan_and_never_the_token(tmp_path):
     r = container_cli(tmp_path, "run", "--worker", "192.168.100.10", docker=fake, hf_token="hf_secret_value")
     assert r.returncode == 0, r.stderr
     calls = log.read_text().splitlines()
-    assert calls[0].startswith("info") and calls[1].startswith("run -d --name spark-vllm --init")
-    assert calls[1].endswith("-e SPARK_VLLM_HEAD_IP=192.168.100.10 -e HF_TOKEN spark-vllm worker")
+    assert calls[0].startswith("info") and calls[1].startswith("image inspect ")
+    assert calls[2].startswith("run -d --name spark-vllm --init")
+    # the image is not here yet (inspect printed nothing): no digest to pass
+    assert calls[2].endswith("-e SPARK_VLLM_HEAD_IP=192.168.100.10 -e HF_TOKEN spark-vllm worker")
     assert "hf_secret_value" not in log.read_text() + r.stdout + r.stderr
     # The caches' host folder is made by us before docker runs (not by Docker, as root).
-    assert f"-v {os.fspath(tmp_path)}/.cache/spark-vllm/container:/root/.cache/spark-vllm" in calls[1]
+    assert f"-v {os.fspath(tmp_path)}/.cache/spark-vllm/container:/root/.cache/spark-vllm" in calls[2]
     assert (tmp_path / ".cache" / "spark-vllm" / "container").is_dir()
 
 
@@ -156,3 +158,42 @@ def test_dry_run_without_cache_dirs(tmp_path):
     assert r.returncode == 0, r.stderr
     assert "spark-vllm/container" not in r.stdout and "VLLM_CACHE_ROOT" not in r.stdout
     assert r.stdout.rstrip().endswith("spark-vllm serve Qwen/Qwen3-8B")
+
+
+DIGEST = "sha256:" + "ab" * 32
+
+
+@pytest.mark.parametrize("inspected, digest", [
+    (f'["ghcr.io/me/spark-vllm@{DIGEST}","other.io/spark-vllm@{DIGEST}"] sha256:{"cd" * 32}\n',
+     f"ghcr.io/me/spark-vllm@{DIGEST}"),  # pulled: the registry digest, what `docker pull` takes
+    (f'[] sha256:{"cd" * 32}\n', f"sha256:{'cd' * 32}"),  # built here, never pushed: its ID
+    (f'null sha256:{"cd" * 32}', f"sha256:{'cd' * 32}"),
+    ("", None),
+])
+def test_the_digest_docker_reports(inspected, digest):
+    assert digest_of(inspected) == digest
+
+
+def test_run_passes_the_images_digest_into_the_container(tmp_path):
+    """A container cannot read its own image's digest: `recipe lock` inside records what
+    the host passed."""
+    log = tmp_path / "calls"
+    fake = (f'printf "%s\\n" "$*" >> {log}\n[ "$1" = info ] && echo 28.2.2\n'
+            f'[ "$1" = image ] && [ "$2" = inspect ] && echo \'["ghcr.io/me/spark-vllm@{DIGEST}"] sha256:1\'\n'
+            'exit 0\n')
+    r = container_cli(tmp_path, "run", "--image", "ghcr.io/me/spark-vllm:latest", "Qwen/Qwen3-8B", docker=fake)
+    assert r.returncode == 0, r.stderr
+    calls = log.read_text().splitlines()
+    assert calls[1] == "image inspect --format {{json .RepoDigests}} {{.Id}} ghcr.io/me/spark-vllm:latest"
+    assert f"-e SPARK_VLLM_IMAGE_DIGEST=ghcr.io/me/spark-vllm@{DIGEST} " in calls[2]
+
+
+def test_a_digest_given_by_hand_wins_and_a_dry_run_asks_docker_nothing(tmp_path):
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    env = clean_env(PATH=str(bin_dir), HOME=str(tmp_path), SPARK_VLLM_IMAGE_DIGEST=DIGEST)
+    r = subprocess.run([sys.executable, "-m", "launch", "container", "run", "--dry-run", "Qwen/Qwen3-8B"],
+                       capture_output=True, text=True, env=env, cwd=REPO, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert f"-e SPARK_VLLM_IMAGE_DIGEST={DIGEST} " in r.stdout
+    assert "SPARK_VLLM_IMAGE_DIGEST" not in container_cli(tmp_path, "run", "--dry-run", "m", docker=None).stdout

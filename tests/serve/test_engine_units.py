@@ -1,5 +1,6 @@
-"""The pure serving decisions: parallelism against the cluster's GPUs, and the size
-check made before Ray starts; the server's signals told to the caller first."""
+"""The pure serving decisions: parallelism against the cluster's GPUs, the size
+check made before Ray starts, and vLLM's parser complaint as one line; the server's
+signals told to the caller first."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import pytest
 
 from orchestrator.errors import BadServeFlags, NotEnoughGpus
 from orchestrator.serve.engine import (DRAIN_SECONDS, check_planned_size, explicit_parallel_sizes, fill_unset,
-                                       plan_parallelism)
+                                       parser_complaint, plan_parallelism)
 
 
 def test_default_tp_spans_every_gpu_over_ray():
@@ -108,3 +109,34 @@ def test_run_server_tells_the_signal_before_vllms_handler_runs():
                          env={**os.environ, "PYTHONPATH": repo}, cwd=repo)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip() == "[15, \"vllm's handler\"]", out.stdout + out.stderr[-2000:]
+
+
+# What vLLM 0.32's parser writes for a JSON flag pydantic rejects (after its usage block).
+PYDANTIC = """usage: spark-vllm serve [-h] [--headless]
+                        [--uvicorn-log-level {critical,debug,error,info,trace,warning}]
+                        [model_tag]
+spark-vllm serve: error: argument --compilation-config/-cc: 2 validation errors for CompilationConfig
+mode
+  Value error, Invalid compilation mode: x. Valid modes are: NONE, VLLM_COMPILE [type=value_error, input_value='x', input_type=str]
+    For further information visit https://errors.pydantic.dev/2.14/v/value_error
+bogus
+  Unexpected keyword argument [type=unexpected_keyword_argument, input_value=1, input_type=int]
+    For further information visit https://errors.pydantic.dev/2.14/v/unexpected_keyword_argument
+"""
+
+
+def test_a_multi_line_pydantic_complaint_keeps_each_field_and_its_message():
+    assert parser_complaint(PYDANTIC) == (
+        "argument --compilation-config/-cc: 2 validation errors for CompilationConfig: "
+        "mode: Value error, Invalid compilation mode: x. Valid modes are: NONE, VLLM_COMPILE; "
+        "bogus: Unexpected keyword argument")
+
+
+@pytest.mark.parametrize("stderr, line", [
+    ("usage: spark-vllm serve [-h]\n   [model_tag]\nspark-vllm serve: error: unrecognized arguments: --nope\n",
+     "unrecognized arguments: --nope"),
+    ("something else went wrong\n", "something else went wrong"),
+    ("", ""),
+])
+def test_a_one_line_complaint_stays_that_line(stderr, line):
+    assert parser_complaint(stderr) == line

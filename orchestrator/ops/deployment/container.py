@@ -10,6 +10,7 @@ so a restart (the restart policy's too) loads what the first start compiled.
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 from dataclasses import dataclass
@@ -29,6 +30,9 @@ CACHE_IN_CONTAINER = "/root/.cache/spark-vllm"
 # Passed by name only (`-e NAME`): docker copies the value from the caller's
 # environment, so a secret never appears in the command line or in `--dry-run`.
 SECRETS = ("HF_TOKEN", "RAY_AUTH_TOKEN")
+# The image's digest, passed in: a container cannot read its own (a recipe's lock records it).
+DIGEST_VAR = "SPARK_VLLM_IMAGE_DIGEST"
+INSPECT_FORMAT = "{{json .RepoDigests}} {{.Id}}"
 GROUP_FIX = "sudo usermod -aG docker $USER; newgrp docker"
 
 
@@ -92,6 +96,30 @@ def plan_run(req: RunRequest, host: HostFacts) -> RunPlan:
         opts += ["-e", name]
     command = ("worker",) if req.worker else ("serve", *req.serve_args)
     return RunPlan(req.name, req.image, tuple(opts), command)
+
+
+def digest_of(inspected: str) -> str | None:
+    """Pure: the digest in `docker image inspect --format INSPECT_FORMAT`'s answer: the
+    first registry digest (`REPO@sha256:...`, what `docker pull` takes), else the image
+    ID (`sha256:...`) of an image built here and never pushed."""
+    listed, _, image_id = inspected.strip().partition(" ")
+    try:
+        repo_digests = json.loads(listed or "null") or []
+    except ValueError:
+        repo_digests = []
+    if repo_digests and isinstance(repo_digests, list):
+        return str(repo_digests[0])
+    return image_id.strip() or None
+
+
+def image_digest(docker: str, image: str, timeout: float = 20.0) -> str | None:
+    """The local image's digest; None when it is not here yet (`docker run` pulls it)."""
+    try:
+        r = subprocess.run([docker, "image", "inspect", "--format", INSPECT_FORMAT, image], capture_output=True,
+                           text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return None
+    return digest_of(r.stdout) if r.returncode == 0 else None
 
 
 def host_facts(environ: Mapping[str, str]) -> HostFacts:
