@@ -17,7 +17,7 @@ import pytest
 from launch.exitcodes import exit_code_for
 from orchestrator.cluster.nodes import ClusterState, NodeInfo
 from orchestrator.errors import EngineFailed, NodeLost
-from orchestrator.ops.supervision import reaper, recovery
+from orchestrator.ops.supervision import recovery
 from orchestrator.ops.supervision.recovery import Attempt, RecoveryPolicy, Unavailable, serve_supervised, wait_for_rejoin, whole
 from orchestrator.ops.supervision.supervisor import OK, REFUSED, SILENT, Loss, Supervisor, is_engine_process, judge, probe
 
@@ -160,43 +160,6 @@ def test_a_loss_restarts_the_engine_once_the_node_rejoined():
     assert [a.number for a in attempts] == [0, 1]
     assert attempts[1].cause.ip == WORKER and "not answered" in attempts[1].cause.reason
     assert cluster.engine_stops >= 1
-
-
-class NotedDog:
-    """The watchdog as the loop sees it after a loss: no wedge, what it noted of the engine."""
-
-    def __init__(self, remains):
-        self.wedge = self.detected_at = None
-        self.remains = remains
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        pass
-
-
-NOTED = reaper.Remains((reaper.Rank("a0", "h", HEAD, 10), reaper.Rank("a1", "w", WORKER, 11)), ("ffff01000000",),
-                       (("h", ("/dev/shm/x0", "/dev/shm/x1")), ("w", ("/dev/shm/x1",))))
-
-
-@pytest.mark.parametrize("fails", [False, True])
-def test_after_a_loss_the_old_engine_is_ended_beside_the_lost_node(fails):
-    """The same reaper as after a wedge, on what is not on the lost node; a reaper that
-    fails does not stop the recovery."""
-    cluster, attempts, ended = Cluster(), [], []
-
-    def end_engine(remains):
-        ended.append(remains)
-        if fails:
-            raise RuntimeError("Ray's tables unreadable")
-        return reaper.Ended((reaper.NodeEnd(HEAD, gone=(10,), unlinked=("/dev/shm/x0",)),), 1, ())
-
-    serve_supervised(engine_until_stopped(cluster, attempts), lambda: cluster.state, RecoveryPolicy(),
-                     "127.0.0.1", free_port(), supervisor=cluster.supervisor, reachable=cluster.probe,
-                     watchdog=lambda: NotedDog(NOTED), end_engine=end_engine)
-    assert [a.number for a in attempts] == [0, 1]
-    assert ended == [reaper.beside(NOTED, WORKER)] and [r.ip for r in ended[0].ranks] == [HEAD]
 
 
 def test_exit_on_node_loss_raises_node_lost():

@@ -227,15 +227,6 @@ def test_reaper_selects_vllms_workers_and_their_jobs_placement_groups():
                                 "pid 11 killed, 2 /dev/shm file(s) removed; 1 placement group(s) removed")
 
 
-def test_beside_a_lost_node_leaves_out_its_ranks_and_shared_memory():
-    remains = reaper.Remains((reaper.Rank("a0", "n1", "192.168.100.10", 10), reaper.Rank("a1", "n2", "192.168.100.11", 11)),
-                             ("ffff0a000000",), (("n1", ("/dev/shm/x0",)), ("n2", ("/dev/shm/x1",))))
-    left = reaper.beside(remains, "192.168.100.11")
-    assert [r.pid for r in left.ranks] == [10] and left.shm == (("n1", ("/dev/shm/x0",)),)
-    assert left.groups == ("ffff0a000000",)  # removed through the GCS, reachable
-    assert reaper.beside(remains, "192.168.100.99") == remains
-
-
 def test_shm_paths_from_proc_maps():
     maps = ("7f0000000000-7f0000400000 rw-s 00000000 00:1a 123 /dev/shm/35587-tp:0-[0-1]-cpushm_1\n"
             "7f0000400000-7f0000800000 rw-s 00000000 00:1a 124 /dev/shm/plasma0 (deleted)\n"

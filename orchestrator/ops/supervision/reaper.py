@@ -13,8 +13,6 @@ restart would leak processes and (unified) memory at each wedge.
   still there (SIGKILL ends a stopped process too) and unlink the engine's /dev/shm
   files that no live process maps; remove the placement groups; wait until Ray's
   tables show the workers dead and the groups removed.
-After a lost node the same `end` runs on what is `beside` it: Ray ends the dead engine's
-workers itself, but not the /dev/shm files their SIGKILLed processes leave.
 """
 
 from __future__ import annotations
@@ -98,14 +96,6 @@ def select(actors: dict, groups: dict, classes: tuple[str, ...] = RAY_WORKER_CLA
     ids = tuple(sorted(g for g, info in groups.items()
                        if info.get("state") != "REMOVED" and any(g.endswith(j) for j in jobs)))
     return Remains(ranks, ids)
-
-
-def beside(remains: Remains, ip: str) -> Remains:
-    """Pure: what of the engine is on the nodes other than `ip` (a lost node cannot be
-    reached; its placement groups are removed all the same)."""
-    lost = {node for node, at in remains.nodes().items() if at == ip}
-    return Remains(tuple(r for r in remains.ranks if r.ip != ip), remains.groups,
-                   tuple((node, paths) for node, paths in remains.shm if node not in lost))
 
 
 def shm_paths(maps: str) -> set[str]:

@@ -13,8 +13,6 @@
 3. the engine starts again, in this process, with the same arguments (the Ray
    driver stays connected; vLLM's own engine process and Ray actors are new, and Ray
    removed the old ones with their placement group when the engine process died).
-   Before the wait, what the watchdog noted of the old engine is ended on the nodes
-   still reachable (`reaper`): the /dev/shm files its killed processes leave.
 With `exit_on_node_loss`, or once `rejoin_timeout` has passed, it raises `NodeLost`
 instead: the command exits non-zero and the container's restart policy takes over.
 
@@ -185,24 +183,10 @@ def serve_supervised(run_engine: Callable[[Attempt], None], state: Callable[[], 
                  stopped_after, port, policy.rejoin_timeout, cause.ip)
         on_recovering(cause)
         with Unavailable(host, port, cause.describe()):
-            if dog is not None and dog.remains is not None:
-                end_beside(cause, dog.remains, end_engine)
             waited = wait_for_rejoin(state, cause, policy.rejoin_timeout, dead, reachable)
         attempt = Attempt(attempt.number + 1, cause, detected_at)
         log.info("restart %d: the cluster is whole again after %.1f s; starting vLLM with the same arguments",
                  attempt.number, waited)
-
-
-def end_beside(loss: Loss, remains: reaper.Remains,
-               end_engine: Callable[[reaper.Remains | None], reaper.Ended]) -> None:
-    """After a lost node: end what is left of the old engine on the other nodes (the same
-    reaper as after a wedge). A failure here is logged, never fatal: the recovery goes on."""
-    try:
-        ended = end_engine(reaper.beside(remains, loss.ip))
-    except Exception as exc:  # Ray's tables unreadable, a node gone meanwhile
-        log.warning("could not end what is left of the old engine beside %s: %s", loss.ip, exc)
-        return
-    log.info("old engine ended beside %s: %s", loss.ip, ended.describe())
 
 
 def after_wedge(wedge: Wedge, stopped_after: float, verdict: Verdict, host: str | None, port: int,
