@@ -49,7 +49,14 @@ def progress(line: str) -> None:
     print(f"spark-vllm: {line}", file=sys.stderr, flush=True)
 
 
+# vLLM logs to stdout by default, from its import on (its CUDA build says which platform it
+# found): this command's stdout is its table or JSON alone, vLLM's lines go to stderr.
+QUIET_STDOUT = {"VLLM_LOGGING_STREAM": "ext://sys.stderr"}
+
+
 def run(args: argparse.Namespace, settings: Settings) -> int:
+    for name, value in QUIET_STDOUT.items():
+        os.environ.setdefault(name, value)  # before vLLM is first imported (run_level)
     if args.url:
         if not args.model:
             raise UsageError("--url needs --model (the served model name)", "e.g. --model Qwen/Qwen3-8B")

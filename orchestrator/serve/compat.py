@@ -371,7 +371,8 @@ NEEDS: tuple[Need, ...] = (
         ("VLLM_API_KEY", "demo and bench: the API key, kept off the command line"),
         ("VLLM_PLUGINS", "our two plugins load only while it is unset or names them"),
         ("VLLM_TARGET_DEVICE", "simulation: cpu here skips platform plugins"),
-        ("VLLM_KEEP_ALIVE_ON_ENGINE_DEATH", "docs/supervision.md"))),
+        ("VLLM_KEEP_ALIVE_ON_ENGINE_DEATH", "docs/supervision.md"),
+        ("VLLM_LOGGING_STREAM", "bench: vLLM's log lines on stderr, its table or JSON alone on stdout"))),
     *_table("route", ENTRYPOINTS, (
         ("/health", "readiness and supervision (serve/health.py)"),
         ("/metrics", "our gauges in vLLM's registry (ops/observation/metrics.py)"),

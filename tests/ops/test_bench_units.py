@@ -1,12 +1,19 @@
-"""The serving benchmark's pure parts: the client's flags, the figures kept, the levels."""
+"""The serving benchmark's pure parts: the client's flags, the figures kept, the levels;
+and where vLLM's log lines go when `bench` runs it."""
 
 from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
 from orchestrator.errors import BenchFailed, UsageError
 from orchestrator.ops.observation.bench import BenchRequest, LevelResult, client_argv, level_result, parse_concurrencies, run_bench
 
+REPO = Path(__file__).resolve().parents[2]
 RAW = {"completed": 16, "failed": 0, "duration": 2.0, "output_throughput": 256.0, "request_throughput": 8.0,
        "p50_ttft_ms": 10.0, "p99_ttft_ms": 30.0, "p50_tpot_ms": 5.0, "p99_tpot_ms": 9.0,
        "p50_itl_ms": 4.0, "p99_itl_ms": 12.0, "median_ttft_ms": 10.0}
@@ -87,3 +94,18 @@ def test_cli_url_without_model_is_a_usage_error():
                          capture_output=True, text=True, cwd=REPO, timeout=60)
     assert out.returncode == 2 and "--url needs --model" in out.stderr
     assert out.stderr.count("spark-vllm: error:") == 1
+
+
+def test_bench_sends_vllms_log_lines_to_stderr_and_keeps_stdout_for_its_output():
+    # vLLM's CUDA build logs its platform on import, to stdout by default: seen on the GPU
+    # machine, where `spark-vllm bench --json` printed it before the JSON. The real vLLM
+    # logger, configured from the environment `bench` sets before importing vLLM, as vLLM
+    # does on import (0.24) or on its first configuration (0.32: called here).
+    script = ("import os; from launch.benchcmd import QUIET_STDOUT; os.environ.update(QUIET_STDOUT); "
+              "import vllm.logger as log; log._configure_vllm_root_logger(); "
+              "log.init_logger('vllm.bench_test').warning('chatter from vLLM')")
+    env = {k: v for k, v in os.environ.items() if k != "VLLM_LOGGING_STREAM"}
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, env=env,
+                         cwd=REPO)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "chatter from vLLM" in out.stderr and "chatter from vLLM" not in out.stdout, (out.stdout, out.stderr[-500:])
