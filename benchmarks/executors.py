@@ -120,7 +120,8 @@ def main(argv: list[str] | None = None) -> int:
         gpus = gpusim.layout_here(net) if args.gpu else None
         if gpus:
             say(gpus.describe())
-        bench = Bench(net, workdir, model, gpus, args.serving_repeats, args.output_len, args.prompts_per_level)
+        bench = Bench(net, workdir, model, gpus, args.serving_repeats, args.output_len, args.prompts_per_level,
+                      args.levels)
         try:
             if args.warmup:  # untimed: each executor's first start fills the nodes' compile caches
                 for label, fn in (("ray", lambda: bench.cold_theirs(False)), ("mp", lambda: cold_mp(bench, False))):

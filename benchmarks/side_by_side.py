@@ -153,11 +153,12 @@ class Bench:
     vLLM flags); None: the CPU simulation."""
 
     def __init__(self, net: netns.SimNetwork, workdir: Path, model: str, gpus: gpusim.GpuLayout | None = None,
-                 repeats: int = SERVING_REPEATS, output_len: int = OUTPUT_LEN, per_level: int | None = None) -> None:
+                 repeats: int = SERVING_REPEATS, output_len: int = OUTPUT_LEN, per_level: int | None = None,
+                 levels: str = CONCURRENCIES) -> None:
         self.net, self.workdir, self.model, self.gpus, self.repeats = net, workdir, model, gpus, repeats
         # Each level's load: output tokens a request, and requests = per_level x concurrency
         # (None: spark-vllm bench's default).
-        self.output_len, self.per_level = output_len, per_level
+        self.output_len, self.per_level, self.levels = output_len, per_level, levels.split(",")
         self.head, self.worker = net.nodes
         self.flags = gpusim.GPU_VLLM_FLAGS if gpus else SIM_VLLM_FLAGS
         self.env = {n.ip: playbook_env(n, self.head.ip, self.sim_env(n)) for n in net.nodes}
@@ -231,7 +232,7 @@ class Bench:
         docs/performance.md: a run is either fast or about 30 % slower, at random, the
         first one after a start most often slow), so a level's figure is the median of
         several runs, the same for both flows; every run is kept in `runs`."""
-        self.bench_once(levels=CONCURRENCIES.split(",")[-1:])  # warm-up, not counted
+        self.bench_once(levels=self.levels[-1:])  # warm-up, not counted
         runs = [self.bench_once() for _ in range(self.repeats)]
         return [median_level(list(levels)) for levels in zip(*runs)]
 
@@ -244,7 +245,7 @@ class Bench:
         Sparks spent meanwhile (`cpu_s`: {node: {role: s}}), the client's included."""
         namespaces = {n.ip: n.netns for n in self.net.nodes}
         out = []
-        for c in levels or CONCURRENCIES.split(","):
+        for c in levels or self.levels:
             before, client_before = cpu_profile.snapshot(namespaces), cpu_profile.children_cpu_s()
             r = self.worker.run(PY, "-m", "launch", "bench", "--url", f"http://{self.head.ip}:{PORT}", "--model",
                                 self.model, "--concurrency", c, *self.load_flags(int(c)), "--json",
@@ -419,6 +420,7 @@ def add_setup_args(p: argparse.ArgumentParser) -> None:
                    help=f"timed runs of each concurrency, the median kept (default {SERVING_REPEATS})")
     p.add_argument("--output-len", type=int, default=OUTPUT_LEN,
                    help=f"output tokens a request in the serving runs (default {OUTPUT_LEN})")
+    p.add_argument("--levels", default=CONCURRENCIES, help=f"serving concurrencies (default {CONCURRENCIES})")
     p.add_argument("--prompts-per-level", type=int, default=None,
                    help="requests a level, times its concurrency (default: spark-vllm bench's, 8 x, at least 16)")
 
@@ -463,7 +465,8 @@ def main(argv: list[str] | None = None) -> int:
         if gpus:
             say(gpus.describe())
             report["gpus"] = {"mode": gpus.mode, "line": gpus.describe()}
-        bench = Bench(net, workdir, model, gpus, args.serving_repeats, args.output_len, args.prompts_per_level)
+        bench = Bench(net, workdir, model, gpus, args.serving_repeats, args.output_len, args.prompts_per_level,
+                      args.levels)
         scen: dict = {}
         try:
             if "cold_start" in only and args.warmup:
