@@ -32,7 +32,7 @@ test: install
 demo: install
 	$(VENV)/bin/spark-vllm demo
 
-# spark-vllm against the playbook's shell flow on simulated Sparks (as root, ~15 min;
+# spark-vllm against the playbook's shell flow on simulated Sparks (as root, ~25 min;
 # BENCH_FLAGS="--pairs 5" etc. pass through):
 # benchmarks/results/latest.json with the ratios, and the PNG plots beside it.
 bench: install
