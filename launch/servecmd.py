@@ -226,6 +226,6 @@ def run_serve(args: argparse.Namespace, settings: Settings) -> int:
             recovery.RecoveryPolicy(args.exit_on_node_loss, args.rejoin_timeout, wedge_budget),
             vargs.host, vargs.port, dead=node.dead_processes if node else list,
             on_recovering=on_recovering, on_restarting=on_restarting,
-            watchdog=make_watchdog(args, vargs, model, serving, stopping))
+            watchdog=make_watchdog(args, vargs, model, serving, stopping), stopping=stopping.is_set)
         log.info("vLLM's server stopped")  # it drained on SIGTERM itself; the node goes next
     return 0

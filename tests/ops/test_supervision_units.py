@@ -162,6 +162,15 @@ def test_a_loss_restarts_the_engine_once_the_node_rejoined():
     assert cluster.engine_stops >= 1
 
 
+def test_a_loss_during_the_stop_ends_the_loop_without_a_restart():
+    """SIGTERM came, vLLM drains, and a node goes meanwhile: the head stops as asked."""
+    cluster, attempts = Cluster(), []
+    serve_supervised(engine_until_stopped(cluster, attempts), lambda: cluster.state, RecoveryPolicy(),
+                     "127.0.0.1", free_port(), supervisor=cluster.supervisor, reachable=cluster.probe,
+                     stopping=lambda: True)
+    assert [a.number for a in attempts] == [0] and cluster.engine_stops >= 1
+
+
 def test_exit_on_node_loss_raises_node_lost():
     cluster, attempts = Cluster(), []
     with pytest.raises(NodeLost) as err:

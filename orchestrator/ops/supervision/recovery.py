@@ -142,13 +142,15 @@ def serve_supervised(run_engine: Callable[[Attempt], None], state: Callable[[], 
                      reachable: Callable[[str, int], str] = probe,
                      watchdog: Callable[[], Watchdog] | None = None,
                      end_engine: Callable[[reaper.Remains | None], reaper.Ended] = reaper.end,
-                     on_restarting: Callable[[Wedge, Verdict], None] = lambda wedge, verdict: None) -> None:
+                     on_restarting: Callable[[Wedge, Verdict], None] = lambda wedge, verdict: None,
+                     stopping: Callable[[], bool] = lambda: False) -> None:
     """Run the engine (`run_engine(attempt)` blocks while vLLM serves), restarting it
     after each lost node or wedge as `policy` says. Returns when vLLM stopped on its own
     (SIGTERM, Ctrl-C) with every node in place. `supervisor`, `watchdog` (None: none),
     `reachable` and `end_engine` are the watchers, the probe and the reaper (the real ones
     unless a test swaps them); `on_recovering` and `on_restarting` tell the status and
-    the metrics."""
+    the metrics. `stopping()` says a stop signal came (SIGTERM, Ctrl-C): a node lost
+    during the drain that follows ends the loop instead of restarting the engine."""
     attempt, restarts = Attempt(0), []
     while True:
         failure = None
@@ -158,7 +160,9 @@ def serve_supervised(run_engine: Callable[[Attempt], None], state: Callable[[], 
             except EngineFailed as exc:
                 failure = exc
         cause = sup.loss or (dog.wedge if dog else None) or sup.settle()
-        if cause is None:
+        if cause is None or stopping():
+            if cause is not None:
+                log.warning("%s while the server was stopping: not restarting vLLM", cause.describe())
             if failure is not None:
                 raise failure
             return
