@@ -253,7 +253,7 @@ class Bench:
             after = cpu_profile.snapshot(namespaces)
             if r.returncode:
                 raise RuntimeError(f"spark-vllm bench failed: {r.stderr[-800:]}")
-            level = json_output(r.stdout)["levels"][0]
+            level = json.loads(r.stdout)["levels"][0]
             level["cpu_s"] = cpu_profile.with_process(cpu_profile.spent(before, after), self.worker.ip,
                                                       "bench-client", cpu_profile.children_cpu_s() - client_before)
             out.append(level)
@@ -305,13 +305,6 @@ class Bench:
             return self.outcome(t0, got, marks, serve)
         finally:
             clear(self.net)
-
-
-def json_output(stdout: str) -> dict:
-    """The JSON document in a command's output: vLLM's CUDA build logs its start-up lines to
-    stdout from the client's process too, before the JSON."""
-    at = next(i for i, line in enumerate(stdout.splitlines(keepends=True)) if line.startswith("{"))
-    return json.JSONDecoder().raw_decode("".join(stdout.splitlines(keepends=True)[at:]))[0]
 
 
 def median_level(runs: list[dict]) -> dict:
