@@ -107,7 +107,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--pairs", type=int, default=2, help="(ray, mp) pairs, the order alternating (default 2)")
     p.add_argument("--no-serving", action="store_true", help="cold starts only")
     p.add_argument("--no-warmup", dest="warmup", action="store_false",
-                   help="skip the untimed start of each executor that fills the compile caches first")
+                   help="skip the untimed start of each executor that fills the compile caches first (fair only on "
+                        "caches already warm: on empty ones the first of a pair pays for filling them)")
     add_setup_args(p)
     p.add_argument("--out", default=str(RESULTS / "executors.json"))
     args = p.parse_args(argv)

@@ -427,7 +427,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="run only these scenarios")
     p.add_argument("--no-serving", action="store_true", help="skip the throughput runs after each cold start")
     p.add_argument("--no-warmup", dest="warmup", action="store_false",
-                   help="skip the untimed cold start that fills the compile caches first")
+                   help="skip the untimed cold start that fills the compile caches first (fair only on caches "
+                        "already warm: on empty ones the first flow of a pair pays for filling them)")
     add_setup_args(p)
     p.add_argument("--out", default=str(RESULTS / "latest.json"))
     args = p.parse_args(argv)
