@@ -420,7 +420,8 @@ def add_setup_args(p: argparse.ArgumentParser) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.side_by_side", description=__doc__.split("\n")[0])
-    p.add_argument("--pairs", type=int, default=3, help="cold-start (and serving) pairs (default 3)")
+    p.add_argument("--pairs", type=int, default=3, help="cold-start (and serving) pairs (default 3; 0: only the warm-up start, "
+                        "to fill the compile caches for a later run)")
     p.add_argument("--cluster-pairs", type=int, default=5, help="cluster-formation pairs (default 5)")
     p.add_argument("--discovery-rounds", type=int, default=7, help="discovery pairs (default 7)")
     p.add_argument("--only", nargs="*", choices=("discovery", "cluster_formation", "cold_start", "restarts"),
@@ -484,7 +485,7 @@ def main(argv: list[str] | None = None) -> int:
                                                        for p in pairs])}
                 scen["join_detection"] = {"seconds": spread([p["ours"]["join_detection_s"] for p in pairs]),
                                           "what": "our head's 'node X joined' line minus the GCS registration time"}
-            if "cold_start" in only:
+            if "cold_start" in only and args.pairs:
                 pairs = paired(args.pairs, lambda: bench.cold_ours(not args.no_serving),
                                lambda: bench.cold_theirs(not args.no_serving), "cold start")
                 scen["cold_start"] = {"pairs": pairs, "ratio": ratio(pairs, lambda s: s["total_s"]),
