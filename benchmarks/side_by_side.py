@@ -420,7 +420,8 @@ def add_setup_args(p: argparse.ArgumentParser) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.side_by_side", description=__doc__.split("\n")[0])
-    p.add_argument("--pairs", type=int, default=3, help="cold-start (and serving) pairs (default 3; 0: only the warm-up start, "
+    p.add_argument("--pairs", type=int, default=3,
+                   help="cold-start (and serving) pairs (default 3; 0: only the warm-up start, "
                         "to fill the compile caches for a later run)")
     p.add_argument("--cluster-pairs", type=int, default=5, help="cluster-formation pairs (default 5)")
     p.add_argument("--discovery-rounds", type=int, default=7, help="discovery pairs (default 7)")
